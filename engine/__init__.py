@@ -1,0 +1,1 @@
+"""email-engine: the domain core (contacts, templates, campaigns, warmup, rotation, quotas, validation)."""

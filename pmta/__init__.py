@@ -1,0 +1,1 @@
+"""PowerMTA: SMTP injection per virtual MTA, config generation and accounting."""

@@ -1,0 +1,1 @@
+"""arq workers: background jobs and the daily crons."""
