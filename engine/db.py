@@ -1,0 +1,87 @@
+"""PostgreSQL access: the asyncpg pool, schema migrations under an advisory lock, and row helpers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+import msgspec
+
+import sql
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Any constant works: it only has to be the same for every process that migrates this database.
+MIGRATION_LOCK = 0x656D61696C  # "email"
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb in and out as Python objects; msgspec is the fastest JSON codec at hand.
+    await conn.set_type_codec("jsonb", encoder=_json_encode, decoder=msgspec.json.decode, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=_json_encode, decoder=msgspec.json.decode, schema="pg_catalog")
+
+
+def _json_encode(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+    """One connection with the engine's codecs."""
+    conn = await asyncpg.connect(dsn, **kwargs)
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20, **kwargs: Any) -> asyncpg.Pool:
+    """The pool every request and job borrows from."""
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kwargs)
+
+
+async def migrate(dsn: str) -> list[int]:
+    """Apply every pending migration in order, each in its own transaction; return the versions applied.
+
+    A session-level advisory lock makes concurrent callers queue up: the second one finds the work done.
+    """
+    conn = await asyncpg.connect(dsn)
+    applied: list[int] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version     integer PRIMARY KEY,
+                       name        text NOT NULL,
+                       applied_at  timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for migration in sql.migrations():
+                if migration.version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                        migration.version, migration.name,
+                    )
+                log.info("applied migration %04d_%s", migration.version, migration.name)
+                applied.append(migration.version)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+    finally:
+        await conn.close()
+    return applied
+
+
+def rows_to(struct: type[T], records: Sequence[asyncpg.Record]) -> list[T]:
+    """asyncpg records -> Structs (keyword construction is the fastest path msgspec offers)."""
+    return [struct(**r) for r in records]
+
+
+def row_to(struct: type[T], record: asyncpg.Record | None) -> T | None:
+    return None if record is None else struct(**record)
+
+

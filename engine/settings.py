@@ -1,0 +1,109 @@
+"""Settings: one frozen Struct read once from `EMAIL_ENGINE_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+PREFIX = "EMAIL_ENGINE_"
+
+
+class SettingsError(Exception):
+    """A bad environment value; the message is one line naming the variable and the expected form."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str | None = None     # None: start the embedded PostgreSQL under `home`
+    redis_url: str | None = None        # None: start the embedded Redis under `home`
+    home: Path = Path(".email-engine")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    admin_key: str | None = None        # None: generated on the first `up`, kept in `home`/admin_key
+    pmta_host: str | None = None        # None: `up` runs a local stand-in that keeps every message
+    pmta_port: int = 25
+    pmta_pool_size: int = 8
+    secret_key: str | None = None       # None: generated on first start, kept in `home`/secret_key
+    public_url: str = "http://127.0.0.1:8000"
+    dns_servers: tuple[str, ...] = ()   # host[:port] resolvers for validation; () = the system's
+    redis_namespace: str = "ee"         # prefix of every Redis key and of the arq queue
+    warmup_hour: int = 6                # hour (tenant's timezone) at which the daily warmup runs
+    log_level: str = "INFO"
+
+    @property
+    def queue_name(self) -> str:
+        return f"{self.redis_namespace}:queue"
+
+
+def _url(name: str, value: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        raise SettingsError(f"{PREFIX}{name}: expected a URL starting with {' or '.join(s + '://' for s in schemes)}, got {value!r}")
+    return value
+
+
+def _int(name: str, value: str, lo: int, hi: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or not lo <= number <= hi:
+        raise SettingsError(f"{PREFIX}{name}: expected a whole number from {lo} to {hi}, got {value!r}")
+    return number
+
+
+def _dns(name: str, value: str) -> tuple[str, ...]:
+    servers = tuple(part.strip() for part in value.split(",") if part.strip())
+    for server in servers:
+        host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
+        if not (host or server) or (port and not port.isdigit()):
+            raise SettingsError(f"{PREFIX}{name}: expected comma-separated host[:port], got {value!r}")
+    return servers
+
+
+def _url_base(name: str, value: str) -> str:
+    return _url(name, value, ("http", "https")).rstrip("/")
+
+
+# variable -> (field, parser); the parsers raise SettingsError naming the variable.
+_PARSERS: dict[str, tuple[str, Any]] = {
+    "DATABASE_URL": ("database_url", lambda n, v: _url(n, v, ("postgresql", "postgres"))),
+    "REDIS_URL": ("redis_url", lambda n, v: _url(n, v, ("redis", "rediss", "unix"))),
+    "HOME": ("home", lambda n, v: Path(v)),
+    "HTTP_HOST": ("http_host", lambda n, v: v),
+    "HTTP_PORT": ("http_port", lambda n, v: _int(n, v, 1, 65535)),
+    "ADMIN_KEY": ("admin_key", lambda n, v: v if len(v) >= 16 else _short(n)),
+    "PMTA_HOST": ("pmta_host", lambda n, v: v),
+    "PMTA_PORT": ("pmta_port", lambda n, v: _int(n, v, 1, 65535)),
+    "PMTA_POOL_SIZE": ("pmta_pool_size", lambda n, v: _int(n, v, 1, 256)),
+    "SECRET_KEY": ("secret_key", lambda n, v: v if len(v) >= 16 else _short(n)),
+    "PUBLIC_URL": ("public_url", _url_base),
+    "DNS_SERVERS": ("dns_servers", _dns),
+    "REDIS_NAMESPACE": ("redis_namespace", lambda n, v: v if v.replace("-", "").replace("_", "").isalnum() else _bad(n, "letters, digits, - or _", v)),
+    "WARMUP_HOUR": ("warmup_hour", lambda n, v: _int(n, v, 0, 23)),
+    "LOG_LEVEL": ("log_level", lambda n, v: v.upper() if v.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"} else _bad(n, "DEBUG, INFO, WARNING or ERROR", v)),
+}
+
+
+def _short(name: str) -> str:
+    raise SettingsError(f"{PREFIX}{name}: expected at least 16 characters")
+
+
+def _bad(name: str, expected: str, value: str) -> str:
+    raise SettingsError(f"{PREFIX}{name}: expected {expected}, got {value!r}")
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read the settings once from the environment (empty values count as unset)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for var, (field, parse) in _PARSERS.items():
+        raw = env.get(PREFIX + var)
+        if raw is not None and raw.strip() != "":
+            values[field] = parse(var, raw.strip())
+    values.update(overrides)
+    return Settings(**values)

@@ -1,0 +1,95 @@
+"""Tenants and their API keys."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import asyncpg
+import msgspec
+
+from engine import secrets
+from engine.errors import Conflict, NotFound
+from sql import q
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class Tenant(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    slug: str
+    name: str
+    timezone: str
+    transport: str
+    created_at: dt.datetime
+
+
+class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    tenant_id: int
+    name: str
+    prefix: str
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+class CreatedApiKey(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a key's creation: the only time the key itself is ever shown."""
+
+    id: int
+    tenant_id: int
+    name: str
+    prefix: str
+    created_at: dt.datetime
+    key: str
+
+
+async def create_tenant(db: asyncpg.Connection, *, slug: str, name: str, timezone: str = "UTC", transport: str = "pmta") -> Tenant:
+    try:
+        row = await db.fetchrow(q("create-tenant"), slug, name, timezone, transport)
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict(f"a tenant with slug {slug!r} already exists", field="slug") from exc
+    return Tenant(**row)
+
+
+async def list_tenants(db: asyncpg.Connection) -> list[Tenant]:
+    return [Tenant(**r) for r in await db.fetch(q("list-tenants"))]
+
+
+async def get_tenant(db: asyncpg.Connection, tenant_id: int) -> Tenant:
+    row = await db.fetchrow(q("get-tenant"), tenant_id)
+    if row is None:
+        raise NotFound(f"tenant {tenant_id} not found")
+    return Tenant(**row)
+
+
+async def tenant_settings(db: asyncpg.Connection, tenant_id: int) -> dict:
+    return await db.fetchval(q("get-tenant-settings"), tenant_id) or {}
+
+
+async def create_api_key(db: asyncpg.Connection, tenant_id: int, name: str) -> CreatedApiKey:
+    await get_tenant(db, tenant_id)
+    key = secrets.new_api_key()
+    row = await db.fetchrow(q("create-api-key"), tenant_id, name, key[:10], secrets.hash_key(key))
+    return CreatedApiKey(id=row["id"], tenant_id=tenant_id, name=row["name"], prefix=row["prefix"],
+                         created_at=row["created_at"], key=key)
+
+
+async def list_api_keys(db: asyncpg.Connection, tenant_id: int) -> list[ApiKey]:
+    await get_tenant(db, tenant_id)
+    return [ApiKey(**r) for r in await db.fetch(q("list-api-keys"), tenant_id)]
+
+
+async def revoke_api_key(db: asyncpg.Connection, tenant_id: int, key_id: int) -> None:
+    if await db.fetchval(q("revoke-api-key"), tenant_id, key_id) is None:
+        raise NotFound(f"api key {key_id} not found")
+
+
+async def authenticate(db: asyncpg.Connection | asyncpg.Pool, key: str) -> int | None:
+    """The tenant a live key belongs to, or None."""
+    row = await db.fetchrow(q("authenticate-api-key"), secrets.hash_key(key))
+    if row is None:
+        return None
+    await db.execute(q("touch-api-key"), row["id"])
+    return row["tenant_id"]

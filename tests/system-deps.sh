@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Debian packages the test suite and the benchmarks need, installed only when missing.
+#   chromium   - headless browser for the right-to-left layout test
+#   postfix    - only for /usr/sbin/smtp-sink and smtp-source (the mail system is never configured or started)
+set -euo pipefail
+need=()
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/sbin/smtp-sink ] || need+=(postfix)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "system-deps: missing ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2
+  exit 0
+fi
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
