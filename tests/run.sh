@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command: installs what the suite needs (a virtualenv with the dev extra, Debian's chromium and
+# Postfix's smtp-sink when missing), then runs pytest. Extra arguments go to pytest.
+#
+# With EMAIL_ENGINE_TEST_DATABASE_URL / EMAIL_ENGINE_TEST_REDIS_URL set, the suite uses those servers;
+# otherwise it starts embedded PostgreSQL and Redis itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tests/system-deps.sh
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q -e '.[dev]'
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
