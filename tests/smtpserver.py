@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesHeaderParser
 
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from pmta.standin import DsnSMTP, advertise
 
 HARD_BOUNCE = "550 5.1.1 <{address}>: Recipient address rejected: User unknown"
-# DSN parameters the server accepts (aiosmtpd itself refuses any MAIL/RCPT parameter it does not know).
-_DSN_PARAMS = ("ENVID", "RET", "NOTIFY", "ORCPT")
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,8 @@ class _Replies:
         return self.fixed
 
 
-class _ScriptedSMTP(SMTP):
-    """aiosmtpd's SMTP plus PIPELINING/DSN advertising and tolerance for DSN parameters."""
+class _ScriptedSMTP(DsnSMTP):
+    """One server-side session; counts what it accepted so `drop_after` can act per connection."""
 
     def __init__(self, handler: SmtpTestServer, **kwargs) -> None:
         super().__init__(handler, **kwargs)
@@ -67,17 +67,9 @@ class _ScriptedSMTP(SMTP):
         self.event_handler._open.discard(self)
         super().connection_lost(exc)
 
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        # aiosmtpd upper-cases parameters; keep them as sent so tests can check the ENVID exactly.
-        self.mail_arg = arg or ""
-        await super().smtp_MAIL(arg)
-
-    def _getparams(self, params):
-        result = super()._getparams(params)
-        if result is not None:
-            for name in _DSN_PARAMS:
-                result.pop(name, None)
-        return result
+    def client_pipelined(self) -> bool:
+        """Whether more commands were already waiting when this one was read (the client pipelined)."""
+        return bool(self._reader._buffer)
 
 
 class SmtpTestServer:
@@ -110,6 +102,7 @@ class SmtpTestServer:
         self.users = users
         self.messages: list[Received] = []
         self.connections = 0
+        self.pipelined_mail = 0               # MAIL commands that arrived with later commands behind them
         self.dropped = 0                      # messages whose data arrived but the connection was dropped
         self._server: asyncio.Server | None = None
         self._open: set[_ScriptedSMTP] = set()
@@ -153,10 +146,10 @@ class SmtpTestServer:
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
-        extra = (["250-PIPELINING"] if self.pipelining else []) + (["250-DSN"] if self.dsn else [])
-        return responses[:-1] + extra + responses[-1:]
+        return advertise(responses, pipelining=self.pipelining, dsn=self.dsn)
 
-    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+    async def handle_MAIL(self, server: _ScriptedSMTP, session, envelope, address, mail_options):
+        self.pipelined_mail += server.client_pipelined()
         if self.mail_reply is not None:
             return self.mail_reply
         envelope.mail_from = address
@@ -184,6 +177,6 @@ class SmtpTestServer:
         server.accepted_here += 1
         self.messages.append(Received(
             mail_from=envelope.mail_from, rcpt_tos=list(envelope.rcpt_tos), data=raw,
-            headers=BytesHeaderParser().parsebytes(raw), mail_params=server.mail_arg.partition(">")[2].strip(),
+            headers=BytesHeaderParser().parsebytes(raw), mail_params=server.mail_params,
             connection=server.connection_number))
         return reply or f"250 2.0.0 Ok: queued as Q{len(self.messages)}"
