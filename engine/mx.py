@@ -83,7 +83,7 @@ def make_resolver(
     cache_size: int = 10_000,
     clock: Callable[[], float] = time.monotonic,
 ) -> MxResolver:
-    """Build an MxResolver on `servers` (`host[:port]` strings or pairs; empty = /etc/resolv.conf)."""
+    """Build an MxResolver on `servers` (`host[:port]` or pairs; empty = resolv.conf); call inside the loop."""
     pairs = [_parse_server(s) if isinstance(s, str) else (s[0], int(s[1])) for s in servers]
     kwargs: dict = {"nameservers": [_server_csv_entry(h, p) for h, p in pairs]} if pairs else {}
     resolver = aiodns.DNSResolver(timeout=timeout, tries=tries, **kwargs)
