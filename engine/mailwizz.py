@@ -312,7 +312,7 @@ class MailWizzClient:
         """One list by uid (MailWizzNotFound if unknown)."""
         return _mail_list(record_of(await self._call("GET", f"lists/{list_uid}")))
 
-    async def iter_lists(self, per_page: int = 50) -> list[MailList]:
+    async def all_lists(self, per_page: int = 50) -> list[MailList]:
         """Every list of the customer, walking the pages (per_page is clamped to 10..50 by the server)."""
         lists, page = [], 1
         while True:
@@ -401,9 +401,11 @@ class MailWizzClient:
     async def _bulk(self, list_uid: str, part: Sequence[SubscriberIn]) -> list[SubscriberPush]:
         form = {"subscribers": [subscriber_form(s) for s in part]}
         body = await self._call("POST", f"lists/{list_uid}/subscribers/bulk", form=form)
-        records = (body.get("data") or {}).get("records") or []
+        # One record per subscriber, in the order sent; a short answer leaves the rest REJECTED, not lost.
+        records = list((body.get("data") or {}).get("records") or [])[: len(part)]
+        records += [{}] * (len(part) - len(records))
         pushes: list[SubscriberPush] = []
-        for sub, rec in zip(part, records + [{}] * (len(part) - len(records)), strict=True):
+        for sub, rec in zip(part, records, strict=True):
             uid = str((rec.get("data") or {}).get("subscriber_uid") or "")
             error = str(rec.get("error") or "")
             if uid and rec.get("status", "success") == "success":

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import socket
+import time
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 
+import engine.mailwizz
 from engine.errors import Invalid, Unavailable
 from engine.mailwizz import (
     CampaignIn,
@@ -63,7 +66,7 @@ def test_http_build_query_matches_php() -> None:
 
 async def test_lists_and_custom_fields(client: MailWizzClient, fake: FakeMailWizz) -> None:
     uids = [await new_list(client, f"list-{i}") for i in range(12)]
-    assert [ml.uid for ml in await client.iter_lists(per_page=10)] == uids   # two pages
+    assert [ml.uid for ml in await client.all_lists(per_page=10)] == uids   # two pages
     assert (await client.get_list(uids[3])).name == "list-3"
     fields = await client.ensure_fields(uids[0])
     assert {"EMAIL", "LANGUAGE", "CATEGORY", "TAGS"} <= set(fields)
@@ -140,7 +143,7 @@ async def test_retry_after_beyond_policy_gives_up_at_once(client: MailWizzClient
                                                           sleeps: Sleeps) -> None:
     fake.fail_next(5, status=429, retry_after="3600")
     with pytest.raises(MailWizzUnavailable) as err:
-        await client.iter_lists()
+        await client.all_lists()
     assert err.value.retry_after == pytest.approx(3600) and sleeps == []
     assert len(fake.state.failures) == 4
 
@@ -215,11 +218,11 @@ async def test_campaign_with_language_segment_polls_to_sent(client: MailWizzClie
 
 async def test_campaign_inline_html_pause_resume_and_404(client: MailWizzClient, fake: FakeMailWizz) -> None:
     list_uid = await new_list(client)
-    client.timezone = __import__("zoneinfo").ZoneInfo("Europe/Paris")
-    campaign_uid = await client.create_campaign(CampaignIn(
-        name="inline", list_uid=list_uid, from_name="S", from_email="news@sender.example",
-        reply_to="reply@sender.example", subject="Hi", html="<b>hi</b>",
-        send_at=datetime(2030, 1, 1, 8, 0, tzinfo=UTC)))
+    async with MailWizzClient(fake.base_url, "pub-key", customer_timezone="Europe/Paris") as paris:
+        campaign_uid = await paris.create_campaign(CampaignIn(
+            name="inline", list_uid=list_uid, from_name="S", from_email="news@sender.example",
+            reply_to="reply@sender.example", subject="Hi", html="<b>hi</b>",
+            send_at=datetime(2030, 1, 1, 8, 0, tzinfo=UTC)))
     stored = fake.state.campaigns[campaign_uid]
     assert stored.html == "<b>hi</b>" and stored.form["send_at"] == "2030-01-01 09:00:00"   # customer tz
     assert await client.pause_campaign(campaign_uid) is CampaignStatus.PAUSED
@@ -249,11 +252,11 @@ async def test_bad_key_is_auth_error(status: int, sleeps: Sleeps) -> None:
     async with FakeMailWizz(api_key="right", auth_error_status=status) as fake:
         async with MailWizzClient(fake.base_url, "wrong", retry=FAST, sleep=sleeps) as mw:
             with pytest.raises(MailWizzAuthError) as err:
-                await mw.iter_lists()
+                await mw.all_lists()
     assert err.value.status == status and sleeps == []     # never retried
 
 
-async def test_v1_signature_accepted_and_wrong_one_refused(sleeps: Sleeps) -> None:
+async def test_v1_signature_accepted_and_wrong_one_refused(sleeps: Sleeps, monkeypatch) -> None:
     async with FakeMailWizz(api_key="pub-1", private_key="priv-1", api_version=1) as fake:
         async with MailWizzClient(fake.base_url, "pub-1", "priv-1", api_version=1, sleep=sleeps) as mw:
             list_uid = await new_list(mw)                                   # POST, nested form
@@ -263,10 +266,16 @@ async def test_v1_signature_accepted_and_wrong_one_refused(sleeps: Sleeps) -> No
             assert push.outcome is PushOutcome.CREATED
             assert (await mw.find_subscriber(list_uid, "ha+x@shop.example")).uid == push.uid   # GET + query
             await mw.unsubscribe(list_uid, push.uid)                         # PUT, empty body
-            assert len(await mw.iter_lists(per_page=10)) == 1
+            assert len(await mw.all_lists(per_page=10)) == 1
         async with MailWizzClient(fake.base_url, "pub-1", "not-the-key", api_version=1, sleep=sleeps) as bad:
             with pytest.raises(MailWizzAuthError) as err:
                 await bad.get_list(list_uid)
         assert "signature" in err.value.message.lower()
+        # A signature older than the server's 900 s window is refused even when it is right.
+        monkeypatch.setattr(engine.mailwizz, "time", SimpleNamespace(time=lambda: time.time() - 1000))
+        async with MailWizzClient(fake.base_url, "pub-1", "priv-1", api_version=1, sleep=sleeps) as late:
+            with pytest.raises(MailWizzAuthError) as err:
+                await late.get_list(list_uid)
+        assert "timestamp" in err.value.message.lower()
     with pytest.raises(ValueError):
         MailWizzClient("http://127.0.0.1:1/api", "pub-1", api_version=1)
