@@ -1,0 +1,278 @@
+"""Per-IP sending quotas in Redis: a daily counter and a rate bucket, taken atomically by one Lua script.
+
+PostgreSQL's send log is the truth. A day counter that Redis has lost (restart, FLUSHALL, eviction) is never
+treated as zero: the script refuses to grant and says so, the caller counts the day's sends through the
+injected `used_today` callback, seeds the counter with SET NX and takes again. For that to hold, the send log
+must record a send (its IP and day) as soon as its token is taken, before the SMTP injection.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from engine.providers import ProviderCap
+
+# Day counters live two days: long enough for a day that ends late in a far-west timezone and for refunds
+# that arrive after midnight, short enough that Redis never accumulates old days.
+DAY_TTL_SECONDS = 2 * 24 * 3600
+
+# How many times `take` rebuilds a missing counter before giving up (a second loss within one call means
+# Redis is being flushed repeatedly; better to fail loudly than to loop).
+MAX_REBUILDS = 3
+
+UsedToday = Callable[[int, str], Awaitable[int]]
+ProviderUsedToday = Callable[[int, str, str], Awaitable[int]]
+
+# KEYS: 1 day counter, 2 rate bucket, [3 provider day counter, 4 provider rate bucket]
+# ARGV: 1 n, 2 daily quota, 3 rate/s (0 = none), 4 burst, 5 provider daily cap (-1 = none),
+#       6 provider rate/s (0 = none), 7 provider burst, 8 day ttl, 9 now ("" = Redis TIME),
+#       10 "1" to seed a missing provider counter from the IP's day count (an upper bound of it)
+# Returns {granted, retry_after, reason, remaining today}; granted -1/-2 = IP/provider counter missing.
+# retry_after "-1" means "not before the day ends". TIME makes the script non-deterministic, which is fine
+# since Redis 5 replicates scripts by their effects (the default, and the only mode in Redis 7).
+_TAKE_LUA = b"""
+local n = tonumber(ARGV[1])
+local quota = tonumber(ARGV[2])
+local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
+local pcap = tonumber(ARGV[5])
+local prate, pburst = tonumber(ARGV[6]), tonumber(ARGV[7])
+local ttl = tonumber(ARGV[8])
+local now
+if ARGV[9] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[9])
+end
+
+local used = redis.call('GET', KEYS[1])
+if not used then return {-1, '0', 'rebuild', 0} end
+used = tonumber(used)
+local provider = #KEYS >= 4
+local pused = 0
+if provider and pcap >= 0 then
+  local p = redis.call('GET', KEYS[3])
+  if not p then
+    if ARGV[10] ~= '1' then return {-2, '0', 'rebuild_provider', 0} end
+    redis.call('SET', KEYS[3], used, 'EX', ttl)
+    p = used
+  end
+  pused = tonumber(p)
+end
+
+local function bucket(key, r, cap)
+  local b = redis.call('HMGET', key, 't', 'ts')
+  if not b[1] then return cap, now end
+  local last = tonumber(b[2])
+  return math.min(cap, tonumber(b[1]) + math.max(0, now - last) * r), math.max(now, last)
+end
+
+local grant, reason = n, 'ok'
+local function limit(avail, why)
+  if avail < grant then
+    grant = math.max(0, avail)
+    reason = why
+  end
+end
+limit(quota - used, 'daily')
+if provider and pcap >= 0 then limit(pcap - pused, 'provider_daily') end
+local tokens, ts, ptokens, pts
+if rate > 0 then
+  tokens, ts = bucket(KEYS[2], rate, burst)
+  limit(math.floor(tokens + 1e-9), 'rate')
+end
+if provider and prate > 0 then
+  ptokens, pts = bucket(KEYS[4], prate, pburst)
+  limit(math.floor(ptokens + 1e-9), 'provider_rate')
+end
+
+if grant > 0 then
+  redis.call('INCRBY', KEYS[1], grant)
+  if provider and pcap >= 0 then redis.call('INCRBY', KEYS[3], grant) end
+  if rate > 0 then
+    redis.call('HSET', KEYS[2], 't', tokens - grant, 'ts', ts)
+    redis.call('PEXPIRE', KEYS[2], math.ceil(burst / rate * 1000) + 1000)
+  end
+  if provider and prate > 0 then
+    redis.call('HSET', KEYS[4], 't', ptokens - grant, 'ts', pts)
+    redis.call('PEXPIRE', KEYS[4], math.ceil(pburst / prate * 1000) + 1000)
+  end
+end
+
+local wait = 0
+if grant < n then
+  if quota - used - grant <= 0 or (provider and pcap >= 0 and pcap - pused - grant <= 0) then
+    wait = -1
+  else
+    if rate > 0 and tokens - grant < 1 then wait = math.max(wait, (1 - (tokens - grant)) / rate) end
+    if provider and prate > 0 and ptokens - grant < 1 then
+      wait = math.max(wait, (1 - (ptokens - grant)) / prate)
+    end
+  end
+end
+return {grant, string.format('%.6f', wait), reason, math.max(0, quota - used - grant)}
+"""
+
+# KEYS as for take; ARGV: 1 n, 2 burst, 3 provider burst. Counters that Redis lost are left alone: their
+# rebuild counts the send log, where unsent tokens never appear.
+_REFUND_LUA = b"""
+local n = tonumber(ARGV[1])
+local function dec(key)
+  local v = redis.call('GET', key)
+  if v then redis.call('DECRBY', key, math.min(n, math.max(0, tonumber(v)))) end
+end
+local function give(key, cap)
+  local t = redis.call('HGET', key, 't')
+  if t then redis.call('HSET', key, 't', math.min(cap, tonumber(t) + n)) end
+end
+dec(KEYS[1])
+give(KEYS[2], tonumber(ARGV[2]))
+if #KEYS >= 4 then
+  dec(KEYS[3])
+  give(KEYS[4], tonumber(ARGV[3]))
+end
+return 1
+"""
+
+# Bytes scripts need no client encoder, so they are built once here and run on whichever client is passed
+# (EVALSHA, with SCRIPT LOAD and a retry on NOSCRIPT after a Redis restart).
+_TAKE = AsyncScript(None, _TAKE_LUA)  # type: ignore[arg-type]
+_REFUND = AsyncScript(None, _REFUND_LUA)  # type: ignore[arg-type]
+
+
+class Grant(msgspec.Struct, frozen=True, kw_only=True):
+    """Tokens granted by one take; when short, `reason` names the binding limit and `retry_after` says
+    how many seconds until one more token frees up (math.inf: not before the day ends)."""
+
+    granted: int
+    retry_after: float
+    reason: str  # ok | daily | provider_daily | rate | provider_rate
+    remaining: int  # tokens left in the IP's day after this take
+
+
+def day_key(namespace: str, ip_id: int, day: str) -> str:
+    """The counter of tokens an IP took on a day (`day` is the ISO date in the tenant's timezone)."""
+    return f"{namespace}:quota:{ip_id}:{day}"
+
+
+def rate_key(namespace: str, ip_id: int) -> str:
+    """The IP's rate token bucket (hash: t = tokens, ts = last update)."""
+    return f"{namespace}:rate:{ip_id}"
+
+
+def provider_day_key(namespace: str, ip_id: int, provider: str, day: str) -> str:
+    """The counter of tokens an IP took for one destination provider on a day."""
+    return f"{namespace}:pquota:{ip_id}:{provider}:{day}"
+
+
+def provider_rate_key(namespace: str, ip_id: int, provider: str) -> str:
+    """The IP x provider hourly-cap token bucket."""
+    return f"{namespace}:prate:{ip_id}:{provider}"
+
+
+def per_second(rate_per_sec: float | None, rate_per_min: float | None) -> float:
+    """One rate in tokens per second from either unit; 0 means unlimited."""
+    if rate_per_sec is not None and rate_per_min is not None:
+        raise ValueError("give rate_per_sec or rate_per_min, not both")
+    if rate_per_sec is not None:
+        return max(0.0, float(rate_per_sec))
+    return max(0.0, float(rate_per_min or 0) / 60.0)
+
+
+def _keys(namespace: str, ip_id: int, day: str, provider: str | None) -> list[str]:
+    keys = [day_key(namespace, ip_id, day), rate_key(namespace, ip_id)]
+    if provider is not None:
+        keys += [provider_day_key(namespace, ip_id, provider, day), provider_rate_key(namespace, ip_id, provider)]
+    return keys
+
+
+def _provider_rate(cap: ProviderCap | None) -> tuple[float, float]:
+    """Hourly cap as (tokens/s, burst): ten minutes' worth may go at once, as PowerMTA's `83/10m` shapes."""
+    if cap is None or cap.per_hour is None:
+        return 0.0, 0.0
+    return cap.per_hour / 3600.0, max(1.0, cap.per_hour / 6.0)
+
+
+async def take(
+    redis: Redis,
+    namespace: str,
+    ip_id: int,
+    day: str,
+    n: int,
+    *,
+    daily_quota: int,
+    used_today: UsedToday,
+    rate_per_sec: float | None = None,
+    rate_per_min: float | None = None,
+    burst: float | None = None,
+    provider: str | None = None,
+    provider_cap: ProviderCap | None = None,
+    provider_used_today: ProviderUsedToday | None = None,
+    now: float | None = None,
+) -> Grant:
+    """Take up to `n` tokens for one IP on `day`; never grants past the daily quota, even after Redis lost it.
+
+    `burst` is the rate bucket's capacity (default: one second's worth, at least 1). Without
+    `provider_used_today`, a lost provider counter is re-seeded with the IP's whole day count, an upper bound
+    of it, so the provider cap errs on the safe side. `now` (epoch seconds) overrides Redis TIME for tests.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    rate = per_second(rate_per_sec, rate_per_min)
+    cap = burst if burst is not None else max(1.0, rate)
+    has_provider = provider is not None and provider_cap is not None
+    prate, pburst = _provider_rate(provider_cap if has_provider else None)
+    pcap = provider_cap.per_day if has_provider and provider_cap.per_day is not None else -1
+    keys = _keys(namespace, ip_id, day, provider if has_provider else None)
+    args = [n, daily_quota, repr(rate), repr(cap), pcap, repr(prate), repr(pburst), DAY_TTL_SECONDS,
+            "" if now is None else repr(now), "0" if provider_used_today else "1"]
+    for _ in range(MAX_REBUILDS + 1):
+        granted, wait, reason, remaining = await _TAKE(keys, args, client=redis)
+        if granted == -1:
+            count = await used_today(ip_id, day)
+            await redis.set(keys[0], count, nx=True, ex=DAY_TTL_SECONDS)
+            continue
+        if granted == -2:
+            assert provider_used_today is not None and provider is not None
+            count = await provider_used_today(ip_id, day, provider)
+            await redis.set(keys[2], count, nx=True, ex=DAY_TTL_SECONDS)
+            continue
+        retry = float(wait)
+        return Grant(granted=int(granted), retry_after=math.inf if retry < 0 else retry,
+                     reason=reason.decode() if isinstance(reason, bytes) else reason, remaining=int(remaining))
+    raise RuntimeError(f"quota counter for IP {ip_id} on {day} vanished {MAX_REBUILDS} times while rebuilding")
+
+
+async def refund(
+    redis: Redis,
+    namespace: str,
+    ip_id: int,
+    day: str,
+    n: int,
+    *,
+    rate_per_sec: float | None = None,
+    rate_per_min: float | None = None,
+    burst: float | None = None,
+    provider: str | None = None,
+    provider_cap: ProviderCap | None = None,
+) -> None:
+    """Give back `n` tokens taken with `take` (same arguments) that were not used for a send."""
+    if n < 1:
+        return
+    rate = per_second(rate_per_sec, rate_per_min)
+    cap = burst if burst is not None else max(1.0, rate)
+    has_provider = provider is not None and provider_cap is not None
+    _, pburst = _provider_rate(provider_cap if has_provider else None)
+    keys = _keys(namespace, ip_id, day, provider if has_provider else None)
+    await _REFUND(keys, [n, repr(cap), repr(pburst)], client=redis)
+
+
+async def used(redis: Redis, namespace: str, ip_id: int, day: str) -> int | None:
+    """Tokens the IP has taken on `day` according to Redis, or None when the counter is missing."""
+    value = await redis.get(day_key(namespace, ip_id, day))
+    return None if value is None else int(value)
