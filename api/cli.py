@@ -9,6 +9,7 @@ import logging
 import signal
 import socket
 import sys
+import warnings
 from collections.abc import Iterator
 
 import msgspec
@@ -184,6 +185,9 @@ def _announce(rt: Runtime, settings: Settings, stand) -> None:
 def _setup_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("arq").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    # pgserver narrates initdb and pg_ctl at INFO; one line from engine.embedded says the same.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="platformdirs")
 
 
 def _event_loop() -> None:
