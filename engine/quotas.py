@@ -2,7 +2,7 @@
 
 PostgreSQL's send log is the truth. A day counter that Redis has lost (restart, FLUSHALL, eviction) is never
 treated as zero: the script refuses to grant and says so, the caller counts the day's sends through the
-injected `used_today` callback, seeds the counter with SET NX and takes again. For that to hold, the send log
+injected `used_today` callback, seeds the counter with HSETNX and takes again. For that to hold, the send log
 must record a send (its IP and day) as soon as its token is taken, before the SMTP injection.
 """
 
@@ -28,20 +28,21 @@ MAX_REBUILDS = 3
 UsedToday = Callable[[int, str], Awaitable[int]]
 ProviderUsedToday = Callable[[int, str, str], Awaitable[int]]
 
-# KEYS: 1 day counter, 2 rate bucket, [3 provider day counter, 4 provider rate bucket]
-# ARGV: 1 n, 2 daily quota, 3 rate/s (0 = none), 4 burst, 5 provider daily cap (-1 = none),
-#       6 provider rate/s (0 = none), 7 provider burst, 8 day ttl, 9 now ("" = Redis TIME),
-#       10 "1" to seed a missing provider counter from the IP's day count (an upper bound of it)
-# Returns {granted, retry_after, reason, remaining today}; granted -1/-2 = IP/provider counter missing.
+# One hash per IP and day: `n` = tokens taken, `p:<provider>` = tokens taken for that provider, and `r` = 1
+# when the hash was rebuilt mid-day from a non-zero count (its provider fields are then unknown, not zero).
+# KEYS: 1 day hash, 2 rate bucket, [3 provider rate bucket]
+# ARGV: 1 n, 2 daily quota, 3 rate/s (0 = none), 4 burst, 5 provider field ("" = none),
+#       6 provider daily cap (-1 = none), 7 provider rate/s (0 = none), 8 provider burst, 9 now ("" = Redis TIME),
+#       10 "1" to seed an unknown provider count from the IP's day count (an upper bound of it)
+# Returns {granted, retry_after, reason, remaining today}; granted -1/-2 = IP/provider count missing.
 # retry_after "-1" means "not before the day ends". TIME makes the script non-deterministic, which is fine
 # since Redis 5 replicates scripts by their effects (the default, and the only mode in Redis 7).
 _TAKE_LUA = b"""
 local n = tonumber(ARGV[1])
 local quota = tonumber(ARGV[2])
 local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
-local pcap = tonumber(ARGV[5])
-local prate, pburst = tonumber(ARGV[6]), tonumber(ARGV[7])
-local ttl = tonumber(ARGV[8])
+local pfield, pcap = ARGV[5], tonumber(ARGV[6])
+local prate, pburst = tonumber(ARGV[7]), tonumber(ARGV[8])
 local now
 if ARGV[9] == '' then
   local t = redis.call('TIME')
@@ -50,17 +51,22 @@ else
   now = tonumber(ARGV[9])
 end
 
-local used = redis.call('GET', KEYS[1])
+local used = redis.call('HGET', KEYS[1], 'n')
 if not used then return {-1, '0', 'rebuild', 0} end
 used = tonumber(used)
-local provider = #KEYS >= 4
+local capped = pfield ~= '' and pcap >= 0
 local pused = 0
-if provider and pcap >= 0 then
-  local p = redis.call('GET', KEYS[3])
+if capped then
+  local p = redis.call('HGET', KEYS[1], pfield)
   if not p then
-    if ARGV[10] ~= '1' then return {-2, '0', 'rebuild_provider', 0} end
-    redis.call('SET', KEYS[3], used, 'EX', ttl)
-    p = used
+    if redis.call('HGET', KEYS[1], 'r') ~= '1' then
+      p = 0
+    elseif ARGV[10] == '1' then
+      p = used
+      redis.call('HSET', KEYS[1], pfield, p)
+    else
+      return {-2, '0', 'rebuild_provider', 0}
+    end
   end
   pused = tonumber(p)
 end
@@ -80,37 +86,37 @@ local function limit(avail, why)
   end
 end
 limit(quota - used, 'daily')
-if provider and pcap >= 0 then limit(pcap - pused, 'provider_daily') end
+if capped then limit(pcap - pused, 'provider_daily') end
 local tokens, ts, ptokens, pts
 if rate > 0 then
   tokens, ts = bucket(KEYS[2], rate, burst)
   limit(math.floor(tokens + 1e-9), 'rate')
 end
-if provider and prate > 0 then
-  ptokens, pts = bucket(KEYS[4], prate, pburst)
+if pfield ~= '' and prate > 0 then
+  ptokens, pts = bucket(KEYS[3], prate, pburst)
   limit(math.floor(ptokens + 1e-9), 'provider_rate')
 end
 
 if grant > 0 then
-  redis.call('INCRBY', KEYS[1], grant)
-  if provider and pcap >= 0 then redis.call('INCRBY', KEYS[3], grant) end
+  redis.call('HINCRBY', KEYS[1], 'n', grant)
+  if capped then redis.call('HINCRBY', KEYS[1], pfield, grant) end
   if rate > 0 then
     redis.call('HSET', KEYS[2], 't', tokens - grant, 'ts', ts)
     redis.call('PEXPIRE', KEYS[2], math.ceil(burst / rate * 1000) + 1000)
   end
-  if provider and prate > 0 then
-    redis.call('HSET', KEYS[4], 't', ptokens - grant, 'ts', pts)
-    redis.call('PEXPIRE', KEYS[4], math.ceil(pburst / prate * 1000) + 1000)
+  if pfield ~= '' and prate > 0 then
+    redis.call('HSET', KEYS[3], 't', ptokens - grant, 'ts', pts)
+    redis.call('PEXPIRE', KEYS[3], math.ceil(pburst / prate * 1000) + 1000)
   end
 end
 
 local wait = 0
 if grant < n then
-  if quota - used - grant <= 0 or (provider and pcap >= 0 and pcap - pused - grant <= 0) then
+  if quota - used - grant <= 0 or (capped and pcap - pused - grant <= 0) then
     wait = -1
   else
     if rate > 0 and tokens - grant < 1 then wait = math.max(wait, (1 - (tokens - grant)) / rate) end
-    if provider and prate > 0 and ptokens - grant < 1 then
+    if pfield ~= '' and prate > 0 and ptokens - grant < 1 then
       wait = math.max(wait, (1 - (ptokens - grant)) / prate)
     end
   end
@@ -118,23 +124,38 @@ end
 return {grant, string.format('%.6f', wait), reason, math.max(0, quota - used - grant)}
 """
 
-# KEYS as for take; ARGV: 1 n, 2 burst, 3 provider burst. Counters that Redis lost are left alone: their
-# rebuild counts the send log, where unsent tokens never appear.
+# KEYS: 1 day hash; ARGV: 1 count, 2 ttl, 3 provider field ("" = seed the IP's count `n`).
+# HSETNX: of several workers rebuilding at once, the first wins and the others' counts are dropped.
+_SEED_LUA = b"""
+local count = tonumber(ARGV[1])
+if ARGV[3] ~= '' then
+  redis.call('HSETNX', KEYS[1], ARGV[3], count)
+  return 1
+end
+if redis.call('HSETNX', KEYS[1], 'n', count) == 1 then
+  if count > 0 then redis.call('HSET', KEYS[1], 'r', 1) end
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+return 1
+"""
+
+# KEYS as for take; ARGV: 1 n, 2 burst, 3 provider field ("" = none), 4 provider burst. A lost day hash is
+# left alone: its rebuild counts the send log, where unsent tokens never appear.
 _REFUND_LUA = b"""
 local n = tonumber(ARGV[1])
-local function dec(key)
-  local v = redis.call('GET', key)
-  if v then redis.call('DECRBY', key, math.min(n, math.max(0, tonumber(v)))) end
+local function dec(field)
+  local v = redis.call('HGET', KEYS[1], field)
+  if v then redis.call('HINCRBY', KEYS[1], field, -math.min(n, math.max(0, tonumber(v)))) end
 end
 local function give(key, cap)
   local t = redis.call('HGET', key, 't')
   if t then redis.call('HSET', key, 't', math.min(cap, tonumber(t) + n)) end
 end
-dec(KEYS[1])
+dec('n')
 give(KEYS[2], tonumber(ARGV[2]))
-if #KEYS >= 4 then
-  dec(KEYS[3])
-  give(KEYS[4], tonumber(ARGV[3]))
+if ARGV[3] ~= '' then
+  dec(ARGV[3])
+  give(KEYS[3], tonumber(ARGV[4]))
 end
 return 1
 """
@@ -143,6 +164,7 @@ return 1
 # (EVALSHA, with SCRIPT LOAD and a retry on NOSCRIPT after a Redis restart).
 _TAKE = AsyncScript(None, _TAKE_LUA)  # type: ignore[arg-type]
 _REFUND = AsyncScript(None, _REFUND_LUA)  # type: ignore[arg-type]
+_SEED = AsyncScript(None, _SEED_LUA)  # type: ignore[arg-type]
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True):
@@ -156,7 +178,7 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def day_key(namespace: str, ip_id: int, day: str) -> str:
-    """The counter of tokens an IP took on a day (`day` is the ISO date in the tenant's timezone)."""
+    """The hash of tokens an IP took on a day (`day` is the ISO date in the tenant's timezone)."""
     return f"{namespace}:quota:{ip_id}:{day}"
 
 
@@ -165,14 +187,14 @@ def rate_key(namespace: str, ip_id: int) -> str:
     return f"{namespace}:rate:{ip_id}"
 
 
-def provider_day_key(namespace: str, ip_id: int, provider: str, day: str) -> str:
-    """The counter of tokens an IP took for one destination provider on a day."""
-    return f"{namespace}:pquota:{ip_id}:{provider}:{day}"
-
-
 def provider_rate_key(namespace: str, ip_id: int, provider: str) -> str:
     """The IP x provider hourly-cap token bucket."""
     return f"{namespace}:prate:{ip_id}:{provider}"
+
+
+def provider_field(provider: str) -> str:
+    """The field of the IP's day hash that counts one provider."""
+    return f"p:{provider}"
 
 
 def per_second(rate_per_sec: float | None, rate_per_min: float | None) -> float:
@@ -184,18 +206,30 @@ def per_second(rate_per_sec: float | None, rate_per_min: float | None) -> float:
     return max(0.0, float(rate_per_min or 0) / 60.0)
 
 
-def _keys(namespace: str, ip_id: int, day: str, provider: str | None) -> list[str]:
+class _Call(msgspec.Struct, frozen=True):
+    """Keys and limits of one IP (x provider) as the scripts take them."""
+
+    keys: list[str]
+    rate: float
+    burst: float
+    field: str
+    pcap: int
+    prate: float
+    pburst: float
+
+
+def _call(namespace: str, ip_id: int, day: str, rate_per_sec: float | None, rate_per_min: float | None,
+          burst: float | None, provider: str | None, cap: ProviderCap | None) -> _Call:
+    rate = per_second(rate_per_sec, rate_per_min)
     keys = [day_key(namespace, ip_id, day), rate_key(namespace, ip_id)]
-    if provider is not None:
-        keys += [provider_day_key(namespace, ip_id, provider, day), provider_rate_key(namespace, ip_id, provider)]
-    return keys
-
-
-def _provider_rate(cap: ProviderCap | None) -> tuple[float, float]:
-    """Hourly cap as (tokens/s, burst): ten minutes' worth may go at once, as PowerMTA's `83/10m` shapes."""
-    if cap is None or cap.per_hour is None:
-        return 0.0, 0.0
-    return cap.per_hour / 3600.0, max(1.0, cap.per_hour / 6.0)
+    if provider is None or cap is None:
+        return _Call(keys, rate, burst if burst is not None else max(1.0, rate), "", -1, 0.0, 0.0)
+    keys.append(provider_rate_key(namespace, ip_id, provider))
+    # The hourly cap as a bucket: ten minutes' worth may go at once, as PowerMTA's `83/10m` shapes it.
+    prate = cap.per_hour / 3600.0 if cap.per_hour else 0.0
+    pburst = max(1.0, cap.per_hour / 6.0) if cap.per_hour else 0.0
+    return _Call(keys, rate, burst if burst is not None else max(1.0, rate), provider_field(provider),
+                 cap.per_day if cap.per_day is not None else -1, prate, pburst)
 
 
 async def take(
@@ -218,29 +252,24 @@ async def take(
     """Take up to `n` tokens for one IP on `day`; never grants past the daily quota, even after Redis lost it.
 
     `burst` is the rate bucket's capacity (default: one second's worth, at least 1). Without
-    `provider_used_today`, a lost provider counter is re-seeded with the IP's whole day count, an upper bound
-    of it, so the provider cap errs on the safe side. `now` (epoch seconds) overrides Redis TIME for tests.
+    `provider_used_today`, a provider count lost with a mid-day rebuild is assumed to be the IP's whole day
+    (an upper bound), so the provider cap errs on the safe side. `now` (epoch seconds) overrides Redis TIME.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    rate = per_second(rate_per_sec, rate_per_min)
-    cap = burst if burst is not None else max(1.0, rate)
-    has_provider = provider is not None and provider_cap is not None
-    prate, pburst = _provider_rate(provider_cap if has_provider else None)
-    pcap = provider_cap.per_day if has_provider and provider_cap.per_day is not None else -1
-    keys = _keys(namespace, ip_id, day, provider if has_provider else None)
-    args = [n, daily_quota, repr(rate), repr(cap), pcap, repr(prate), repr(pburst), DAY_TTL_SECONDS,
-            "" if now is None else repr(now), "0" if provider_used_today else "1"]
+    call = _call(namespace, ip_id, day, rate_per_sec, rate_per_min, burst, provider, provider_cap)
+    args = [n, daily_quota, repr(call.rate), repr(call.burst), call.field, call.pcap, repr(call.prate),
+            repr(call.pburst), "" if now is None else repr(now), "0" if provider_used_today else "1"]
     for _ in range(MAX_REBUILDS + 1):
-        granted, wait, reason, remaining = await _TAKE(keys, args, client=redis)
+        granted, wait, reason, remaining = await _TAKE(call.keys, args, client=redis)
         if granted == -1:
             count = await used_today(ip_id, day)
-            await redis.set(keys[0], count, nx=True, ex=DAY_TTL_SECONDS)
+            await _SEED(call.keys[:1], [count, DAY_TTL_SECONDS, ""], client=redis)
             continue
         if granted == -2:
             assert provider_used_today is not None and provider is not None
             count = await provider_used_today(ip_id, day, provider)
-            await redis.set(keys[2], count, nx=True, ex=DAY_TTL_SECONDS)
+            await _SEED(call.keys[:1], [count, DAY_TTL_SECONDS, call.field], client=redis)
             continue
         retry = float(wait)
         return Grant(granted=int(granted), retry_after=math.inf if retry < 0 else retry,
@@ -264,15 +293,12 @@ async def refund(
     """Give back `n` tokens taken with `take` (same arguments) that were not used for a send."""
     if n < 1:
         return
-    rate = per_second(rate_per_sec, rate_per_min)
-    cap = burst if burst is not None else max(1.0, rate)
-    has_provider = provider is not None and provider_cap is not None
-    _, pburst = _provider_rate(provider_cap if has_provider else None)
-    keys = _keys(namespace, ip_id, day, provider if has_provider else None)
-    await _REFUND(keys, [n, repr(cap), repr(pburst)], client=redis)
+    call = _call(namespace, ip_id, day, rate_per_sec, rate_per_min, burst, provider, provider_cap)
+    await _REFUND(call.keys, [n, repr(call.burst), call.field, repr(call.pburst)], client=redis)
 
 
-async def used(redis: Redis, namespace: str, ip_id: int, day: str) -> int | None:
-    """Tokens the IP has taken on `day` according to Redis, or None when the counter is missing."""
-    value = await redis.get(day_key(namespace, ip_id, day))
+async def used(redis: Redis, namespace: str, ip_id: int, day: str, provider: str | None = None) -> int | None:
+    """Tokens the IP (for one provider, if given) took on `day` per Redis, or None when not recorded."""
+    field = provider_field(provider) if provider else "n"
+    value = await redis.hget(day_key(namespace, ip_id, day), field)
     return None if value is None else int(value)
