@@ -1,0 +1,105 @@
+"""Validating stored contacts: one batch of verdicts written back set-based, DNS outages retried later."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+
+from engine import secrets, verifiers
+from engine.validation import DEFAULT_THRESHOLD, MxResolver, Verdict, validate_batch
+from sql import q
+
+# Delay before asking DNS again after an outage, by the number of outages the contact has met in a row.
+# Short first (a resolver blip), then up to six hours (a long outage); after the last one the contact stays
+# `pending` until it is re-ingested or an operator acts. Never `invalid`: an outage says nothing about it.
+RETRY_DELAYS = (60, 300, 900, 3600, 6 * 3600)
+
+# The name of the campaigns side's job that pushes outbox rows to MailWizz (it reads `mailwizz_outbox`).
+MAILWIZZ_PUSH_JOB = "push_contacts_to_mailwizz"
+
+
+class Policy(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant's validation knobs, from `tenants.settings` over the defaults."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    mailwizz: bool = False
+    provider: str | None = None      # zerobounce | neverbounce; None = off (the default)
+    api_key: str | None = None       # decrypted vendor key
+    base_url: str | None = None      # vendor endpoint override (tests, proxies)
+
+
+class ValidationRun(msgspec.Struct, frozen=True, kw_only=True):
+    """What one run decided; `retry_ids` wait for DNS, `retry_in` seconds from now (None: give up)."""
+
+    valid: list[int]
+    risky: list[int]
+    invalid: list[int]
+    retry_ids: list[int]
+    retry_in: int | None
+    mailwizz: bool
+
+
+async def load_policy(db: asyncpg.Connection | asyncpg.Pool, tenant_id: int, secret_key: str) -> Policy | None:
+    row = await db.fetchrow(q("validation-policy"), tenant_id)
+    if row is None:
+        return None
+    knobs: dict[str, Any] = row["settings"] or {}
+    verification = knobs.get("verification") or {}
+    api_key = None
+    if verification.get("api_key_enc"):
+        api_key = secrets.decrypt(secret_key, verification["api_key_enc"].encode())
+    return Policy(threshold=float(knobs.get("validation_threshold", DEFAULT_THRESHOLD)),
+                  mailwizz=row["transport"] == "mailwizz",
+                  provider=verification.get("provider") if api_key else None,
+                  api_key=api_key, base_url=verification.get("base_url"))
+
+
+async def _with_vendor(verdicts: list[Verdict], policy: Policy) -> tuple[list[Verdict], list[bool]]:
+    """Ask the tenant's vendor about addresses our checks would send to; its `invalid`/`risky` wins."""
+    used = [False] * len(verdicts)
+    if policy.provider is None:
+        return verdicts, used
+    out = list(verdicts)
+    async with httpx.AsyncClient(timeout=verifiers.NEVERBOUNCE_TIMEOUT + 5) as client:
+        for i, v in enumerate(verdicts):
+            if v.status not in ("valid", "risky"):
+                continue
+            answer = await verifiers.verify(policy.provider, policy.api_key, v.email, client,
+                                            base_url=policy.base_url)
+            if answer.status == "pending":
+                continue  # no vendor verdict: ours stands
+            used[i] = True
+            if answer.status == "invalid" or (answer.status == "risky" and v.status == "valid"):
+                out[i] = msgspec.structs.replace(
+                    v, status=answer.status, score=min(v.score, 0.0 if answer.status == "invalid" else 0.5),
+                    reasons=(*v.reasons, f"{policy.provider}_{answer.vendor_status}"),
+                    suggestion=v.suggestion or answer.suggestion)
+    return out, used
+
+
+async def validate_contacts(db: asyncpg.Connection, tenant_id: int, contact_ids: list[int], *,
+                            resolver: MxResolver, secret_key: str) -> ValidationRun:
+    """Validate the still-pending contacts among `contact_ids` and write the verdicts back in one statement."""
+    policy = await load_policy(db, tenant_id, secret_key)
+    rows = await db.fetch(q("contacts-to-validate"), tenant_id, contact_ids) if policy else []
+    if not rows:
+        return ValidationRun(valid=[], risky=[], invalid=[], retry_ids=[], retry_in=None, mailwizz=False)
+    verdicts = await validate_batch([r["email"] for r in rows], resolver=resolver, threshold=policy.threshold)
+    verdicts, vendor_used = await _with_vendor(verdicts, policy)
+    done = await db.fetch(
+        q("apply-verdicts"), tenant_id, [r["id"] for r in rows], [v.status for v in verdicts],
+        [v.score for v in verdicts], [",".join(v.reasons) for v in verdicts], [v.suggestion for v in verdicts],
+        [v.mx_host for v in verdicts], policy.mailwizz, policy.provider if any(vendor_used) else "engine")
+    by_status: dict[str, list[int]] = {"valid": [], "risky": [], "invalid": [], "pending": []}
+    tries = 0
+    for r in done:
+        by_status[r["status"]].append(r["id"])
+        if r["status"] == "pending":
+            tries = max(tries, r["validation_tries"])
+    retry_in = RETRY_DELAYS[tries - 1] if by_status["pending"] and tries <= len(RETRY_DELAYS) else None
+    return ValidationRun(valid=by_status["valid"], risky=by_status["risky"], invalid=by_status["invalid"],
+                         retry_ids=by_status["pending"] if retry_in else [], retry_in=retry_in,
+                         mailwizz=policy.mailwizz)

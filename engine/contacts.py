@@ -1,0 +1,344 @@
+"""Contacts: batch ingest (one set-based upsert), listing with keyset pages, changes and erasure."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import unicodedata
+from enum import StrEnum
+from typing import Annotated, Any
+
+import asyncpg
+import msgspec
+
+from engine.errors import Conflict, Invalid, NotFound
+from engine.languages import normalise_language
+from engine.validation import check_syntax, normalise_email
+from sql import q
+
+# A request may carry this many contacts: a batch of 10,000 upserts in well under a second, and a bigger
+# one would hold its row locks long enough to stall concurrent batches.
+MAX_BATCH = 10_000
+PAGE_MAX = 1000
+
+_SLUG_JUNK = re.compile(r"[^a-z0-9]+")
+Text = Annotated[str, msgspec.Meta(max_length=1000)]
+
+
+class ContactStatus(StrEnum):
+    PENDING = "pending"
+    VALID = "valid"
+    RISKY = "risky"
+    INVALID = "invalid"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    ERASED = "erased"
+
+
+class ContactIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One contact as integrators send it (the seed's payload plus the newer optional fields)."""
+
+    tenant_id: Annotated[int, msgspec.Meta(gt=0, examples=[1])]
+    email: Annotated[str, msgspec.Meta(max_length=320, examples=["avocat@example.fr"])]
+    data_source_id: Annotated[int, msgspec.Meta(gt=0, examples=[1])] | None = None
+    first_name: Text | None = None
+    last_name: Text | None = None
+    company: Text | None = None
+    website: Text | None = None
+    country: Annotated[str, msgspec.Meta(max_length=64, examples=["FR"])] | None = None
+    language: Annotated[str, msgspec.Meta(max_length=35, examples=["fr", "pt_BR"],
+                                          description="normalised to one of the nine codes when recognised")] | None = None
+    category: Annotated[str, msgspec.Meta(max_length=200, examples=["avocat"])] | None = None
+    tags: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(
+        max_length=100, examples=[["prestataire", "lang-fr"]], description="slugs, created on first use")] = []
+    custom: dict[str, Any] | None = None
+
+
+class IngestRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    contacts: Annotated[list[ContactIn], msgspec.Meta(description=f"at most {MAX_BATCH:,} contacts")]
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What happened to one contact of a batch, by its position in the request."""
+
+    index: int
+    outcome: str  # created | updated | unchanged | rejected
+    id: int | None = None
+    reason: str | None = None
+
+
+class IngestReport(msgspec.Struct, frozen=True, kw_only=True):
+    created: int
+    updated: int
+    unchanged: int
+    rejected: int
+    results: list[Outcome]
+    # ids to validate, per tenant: the new contacts (callers enqueue after commit)
+    to_validate: dict[int, list[int]] = msgspec.field(default_factory=dict)
+
+
+class Contact(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    tenant_id: int
+    data_source_id: int | None
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    company: str | None
+    website: str | None
+    country: str | None
+    language: str | None
+    category: str | None
+    custom: dict[str, Any]
+    status: str
+    score: float | None
+    reasons: list[str]
+    suggestion: str | None
+    mx_host: str | None
+    validated_at: dt.datetime | None
+    tags: list[str]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ContactPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[Contact]
+    total: int
+    next_cursor: str | None
+
+
+class ContactEvent(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    kind: str
+    detail: dict[str, Any]
+    created_at: dt.datetime
+
+
+class ContactFilter(msgspec.Struct, frozen=True, kw_only=True):
+    status: str | None = None
+    tags: list[str] | None = None
+    tags_all: bool = False
+    language: str | None = None
+    category: str | None = None
+    data_source_id: int | None = None
+    created_from: dt.datetime | None = None
+    created_to: dt.datetime | None = None
+    search: str | None = None
+
+
+def slugify(raw: str) -> str | None:
+    """A tag as a slug: ASCII lower case, words joined by hyphens; None when nothing is left."""
+    ascii_text = unicodedata.normalize("NFKD", raw).encode("ascii", "ignore").decode().lower()
+    slug = _SLUG_JUNK.sub("-", ascii_text).strip("-")
+    return slug[:64].rstrip("-") or None
+
+
+def email_hash(email: str) -> bytes:
+    """The dedup key of a normalised address (and all that erasure keeps)."""
+    return hashlib.sha256(email.encode()).digest()
+
+
+def _blank(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+async def ingest(db: asyncpg.Connection, contacts: list[ContactIn], *, tenant_id: int | None) -> IngestReport:
+    """Upsert a batch (call inside a transaction); tenant_id None = the admin, who may name any tenant."""
+    tenant_ids = {c.tenant_id for c in contacts}
+    if tenant_id is None:
+        known = {r["id"] for r in await db.fetch(q("contacts-known-tenants"), list(tenant_ids))}
+    else:
+        known = {tenant_id}
+    source_ids = {c.data_source_id for c in contacts if c.data_source_id is not None}
+    owners = {r["id"]: r["tenant_id"] for r in await db.fetch(q("contacts-source-owners"), list(source_ids))} \
+        if source_ids else {}
+
+    rejected: dict[int, str] = {}
+    rows: dict[tuple[int, bytes], list] = {}  # (tenant, hash) -> merged row; duplicates merge into one
+    members: dict[tuple[int, bytes], list[int]] = {}
+    for index, c in enumerate(contacts):
+        if c.tenant_id not in known:
+            rejected[index] = "tenant_id: not a tenant this key may write to"
+            continue
+        if c.data_source_id is not None and owners.get(c.data_source_id) != c.tenant_id:
+            rejected[index] = "data_source_id: no such data source for this tenant"
+            continue
+        email = normalise_email(c.email)
+        problem = "syntax" if email is None else check_syntax(email)
+        if problem is not None:
+            rejected[index] = f"email: not a usable address ({problem})"
+            continue
+        slugs = [slugify(t) for t in c.tags]
+        if None in slugs:
+            rejected[index] = f"tags[{slugs.index(None)}]: a tag needs at least one ASCII letter or digit"
+            continue
+        key = (c.tenant_id, email_hash(email))
+        new = [c.tenant_id, c.data_source_id, email, key[1], _blank(c.first_name), _blank(c.last_name),
+               _blank(c.company), _blank(c.website), _blank(c.country), normalise_language(c.language),
+               _blank(c.category), c.custom or None, set(slugs)]
+        row = rows.get(key)
+        if row is None:
+            rows[key] = new
+            members[key] = [index]
+        else:  # the same address twice in one batch: later non-null fields win, tags add up
+            for i in (1, 4, 5, 6, 7, 8, 9, 10):
+                row[i] = new[i] if new[i] is not None else row[i]
+            row[11] = {**(row[11] or {}), **(new[11] or {})} or None
+            row[12] |= new[12]
+            members[key].append(index)
+
+    merged = list(rows.values())
+    columns = list(zip(*merged, strict=True)) if merged else [()] * 13
+    customs = [None if c is None else msgspec.json.encode(c).decode() for c in columns[11]]
+    found = await db.fetch(q("upsert-contacts"), *columns[:11], customs) if merged else []
+
+    outcomes: list[str] = []
+    ids: list[int] = []
+    for record in found:
+        outcomes.append(record["outcome"])
+        ids.append(record["id"])
+    await _tag(db, merged, ids, outcomes)
+
+    results: list[Outcome | None] = [None] * len(contacts)
+    for index, reason in rejected.items():
+        results[index] = Outcome(index=index, outcome="rejected", reason=reason)
+    to_validate: dict[int, list[int]] = {}
+    for row, contact_id, outcome in zip(merged, ids, outcomes, strict=True):
+        if outcome == "erased":
+            result = dict(outcome="rejected", id=None, reason="erased: this address was erased and is not taken again")
+        else:
+            result = dict(outcome=outcome, id=contact_id)
+            if outcome == "created":
+                to_validate.setdefault(row[0], []).append(contact_id)
+        for index in members[(row[0], row[3])]:
+            results[index] = Outcome(index=index, **result)
+    counts = {"created": 0, "updated": 0, "unchanged": 0, "rejected": 0}
+    for r in results:
+        counts[r.outcome] += 1
+    return IngestReport(**counts, results=results, to_validate=to_validate)
+
+
+async def _tag(db: asyncpg.Connection, merged: list[list], ids: list[int], outcomes: list[str]) -> None:
+    """Create missing tags and link them; an unchanged contact that gains a tag becomes updated."""
+    contact_ids, tenants, slugs = [], [], []
+    for row, contact_id, outcome in zip(merged, ids, outcomes, strict=True):
+        if outcome == "erased":
+            continue
+        for slug in row[12]:
+            contact_ids.append(contact_id)
+            tenants.append(row[0])
+            slugs.append(slug)
+    if not slugs:
+        return
+    await db.execute(q("ensure-tags"), tenants, slugs)
+    gained = {r["contact_id"] for r in await db.fetch(q("link-contact-tags"), contact_ids, tenants, slugs)}
+    newly: dict[int, list[int]] = {}
+    for i, (row, contact_id) in enumerate(zip(merged, ids, strict=True)):
+        if outcomes[i] == "unchanged" and contact_id in gained:
+            outcomes[i] = "updated"
+            newly.setdefault(row[0], []).append(contact_id)
+    for tenant, changed in newly.items():
+        await db.execute(q("record-contact-events"), tenant, changed, ["updated"] * len(changed),
+                         ['{"fields": ["tags"]}'] * len(changed))
+
+
+def _filter_args(f: ContactFilter) -> list[Any]:
+    tags = sorted({s for s in (slugify(t) for t in f.tags or ()) if s}) or None
+    search = None
+    if f.search:
+        escaped = f.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        search = f"%{escaped}%"
+    return [f.status, tags, f.tags_all, normalise_language(f.language), f.category, f.data_source_id,
+            f.created_from, f.created_to, search]
+
+
+async def list_contacts(db: asyncpg.Connection, tenant_id: int, f: ContactFilter, *, cursor: str | None = None,
+                        limit: int = 100) -> ContactPage:
+    """One keyset page; the cursor is the last id of the previous page."""
+    after = 0
+    if cursor:
+        if not cursor.isdigit() or len(cursor) > 19:
+            raise Invalid("cursor: pass back the next_cursor of the previous page", field="cursor")
+        after = int(cursor)
+    args = _filter_args(f)
+    records = await db.fetch(q("list-contacts"), tenant_id, after, *args, limit)
+    total = await db.fetchval(q("count-contacts"), tenant_id, *args)
+    items = [Contact(**r) for r in records]
+    next_cursor = str(items[-1].id) if len(items) == limit else None
+    return ContactPage(items=items, total=total, next_cursor=next_cursor)
+
+
+async def get_contact(db: asyncpg.Connection, tenant_id: int, contact_id: int) -> Contact:
+    row = await db.fetchrow(q("get-contact"), tenant_id, contact_id)
+    if row is None:
+        raise NotFound(f"contact {contact_id} not found")
+    return Contact(**row)
+
+
+async def list_events(db: asyncpg.Connection, tenant_id: int, contact_id: int) -> list[ContactEvent]:
+    await get_contact(db, tenant_id, contact_id)
+    return [ContactEvent(**r) for r in await db.fetch(q("list-contact-events"), tenant_id, contact_id)]
+
+
+async def erase_contact(db: asyncpg.Connection, tenant_id: int, contact_id: int) -> None:
+    """Drop every personal field, keep the address hash; erasing twice is a no-op."""
+    await get_contact(db, tenant_id, contact_id)
+    if await db.fetchval(q("erase-contact"), tenant_id, contact_id) is not None:
+        await db.execute(q("record-contact-events"), tenant_id, [contact_id], ["erased"], ["{}"])
+
+
+EDITABLE = ("data_source_id", "first_name", "last_name", "company", "website", "country", "language",
+            "category", "custom")
+# Statuses an operator may set by hand; `erased` is DELETE's job.
+MANUAL_STATUSES = frozenset(s.value for s in ContactStatus) - {"erased"}
+
+
+async def patch_contact(db: asyncpg.Connection, tenant_id: int, contact_id: int, changes: dict[str, Any],
+                        *, add_tags: list[str], remove_tags: list[str], status: str | None,
+                        reason: str | None) -> Contact:
+    """Apply an operator's change (fields given in `changes`, tags, status with its reason), with events."""
+    row = await db.fetchrow(q("lock-contact"), tenant_id, contact_id)
+    if row is None:
+        raise NotFound(f"contact {contact_id} not found")
+    if row["status"] == "erased":
+        raise Conflict("this contact was erased; it cannot be changed", field="status")
+    if status is not None and not reason:
+        raise Invalid("reason: a status set by hand needs a reason", field="reason")
+    current = dict(row)
+    if "language" in changes:
+        changes["language"] = normalise_language(changes["language"])
+    if changes.get("data_source_id") is not None:
+        owner = await db.fetchval("SELECT tenant_id FROM data_sources WHERE id = $1", changes["data_source_id"])
+        if owner != tenant_id:
+            raise Invalid("data_source_id: no such data source for this tenant", field="data_source_id")
+    changed = [k for k in EDITABLE if k in changes and changes[k] != current[k]]
+    new = {**current, **changes}
+    new_status = status or current["status"]
+    await db.execute(q("update-contact"), tenant_id, contact_id, *(new[k] for k in EDITABLE), new_status)
+    events: list[tuple[str, dict]] = []
+    if add_tags:
+        slugs = [slugify(t) or "" for t in add_tags]
+        if "" in slugs:
+            raise Invalid("add_tags: a tag needs at least one ASCII letter or digit", field="add_tags")
+        await db.execute(q("ensure-tags"), [tenant_id] * len(slugs), slugs)
+        added = await db.fetch(q("link-contact-tags"), [contact_id] * len(slugs), [tenant_id] * len(slugs), slugs)
+        if added:
+            changed.append("tags")
+    if remove_tags:
+        slugs = [s for s in (slugify(t) for t in remove_tags) if s]
+        if await db.fetch(q("unlink-contact-tags"), contact_id, tenant_id, slugs) and "tags" not in changed:
+            changed.append("tags")
+    if changed:
+        events.append(("updated", {"fields": changed, "by": "operator"}))
+    if status is not None and status != current["status"]:
+        events.append(("status_changed", {"from": current["status"], "to": status, "reason": reason,
+                                          "by": "operator"}))
+    if events:
+        await db.execute(q("record-contact-events"), tenant_id, [contact_id] * len(events),
+                         [k for k, _ in events], [msgspec.json.encode(d).decode() for _, d in events])
+    return await get_contact(db, tenant_id, contact_id)

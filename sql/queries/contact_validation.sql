@@ -1,0 +1,44 @@
+-- name: validation-policy
+-- The tenant's transport (MailWizz tenants get an outbox row per valid contact) and its policy knobs.
+SELECT transport::text AS transport, settings FROM tenants WHERE id = $1;
+
+-- name: contacts-to-validate
+-- Only contacts still pending: an operator's status set meanwhile is never overwritten by the job.
+SELECT id, email, validation_tries FROM contacts
+WHERE tenant_id = $1 AND id = ANY($2::bigint[]) AND status = 'pending' AND email IS NOT NULL
+ORDER BY id;
+
+-- name: apply-verdicts
+-- Every verdict of a batch in one statement, with its event and, for MailWizz tenants, the outbox row of
+-- each contact that became valid. A `pending` verdict (DNS outage) keeps the status and counts the try.
+-- Reasons travel comma-joined because unnest cannot take a ragged array of arrays.
+WITH v AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::real[], $5::text[], $6::text[], $7::text[])
+        AS v(id, status, score, reasons, suggestion, mx_host)
+),
+done AS (
+    UPDATE contacts c SET
+        status = v.status::contact_status,
+        score = CASE WHEN v.status = 'pending' THEN c.score ELSE v.score END,
+        reasons = coalesce(string_to_array(nullif(v.reasons, ''), ','), '{}'),
+        suggestion = v.suggestion,
+        mx_host = coalesce(v.mx_host, c.mx_host),
+        validated_at = CASE WHEN v.status = 'pending' THEN c.validated_at ELSE now() END,
+        validation_tries = CASE WHEN v.status = 'pending' THEN c.validation_tries + 1 ELSE 0 END,
+        updated_at = now()
+    FROM v
+    WHERE c.tenant_id = $1 AND c.id = v.id AND c.status = 'pending'
+    RETURNING c.id, c.status::text AS status, c.validation_tries
+),
+events AS (
+    INSERT INTO contact_events (contact_id, tenant_id, kind, detail)
+    SELECT d.id, $1, CASE WHEN d.status = 'pending' THEN 'validation_deferred' ELSE 'validated' END,
+           jsonb_build_object('status', d.status, 'score', v.score, 'reasons', v.reasons, 'by', $9::text)
+    FROM done d JOIN v ON v.id = d.id
+),
+outbox AS (
+    INSERT INTO mailwizz_outbox (contact_id, tenant_id)
+    SELECT d.id, $1 FROM done d WHERE d.status = 'valid' AND $8::boolean
+    ON CONFLICT (contact_id) DO NOTHING
+)
+SELECT id, status, validation_tries FROM done ORDER BY id;

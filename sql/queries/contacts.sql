@@ -1,0 +1,197 @@
+-- name: contacts-known-tenants
+-- Which of the tenant ids a batch names exist (the admin key may ingest for any tenant).
+SELECT id FROM tenants WHERE id = ANY($1::bigint[]);
+
+-- name: contacts-source-owners
+-- The tenant of each data source a batch names: a contact may only cite its own tenant's sources.
+SELECT id, tenant_id FROM data_sources WHERE id = ANY($1::bigint[]);
+
+-- name: upsert-contacts
+-- The whole batch in one statement: insert new addresses, merge known ones (incoming non-null fields win,
+-- custom fields are merged, the first data source stays), leave erased ones alone, and record an event per
+-- created or changed contact. `xmax = 0` tells an inserted row from an updated one; the `old` CTE reads the
+-- snapshot from before the statement, so it holds the previous values (and the erased status) of known rows.
+-- The batch is deduplicated by the caller: ON CONFLICT may not touch one row twice in a statement.
+WITH input AS (
+    SELECT *
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], $5::text[], $6::text[], $7::text[],
+                $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
+         WITH ORDINALITY AS i(tenant_id, data_source_id, email, email_hash, first_name, last_name, company,
+                              website, country, language, category, custom, ord)
+),
+old AS (
+    SELECT o.id, o.tenant_id, o.email_hash, o.status, o.first_name, o.last_name, o.company, o.website,
+           o.country, o.language, o.category, o.custom
+    FROM contacts o JOIN input i ON o.tenant_id = i.tenant_id AND o.email_hash = i.email_hash
+),
+up AS (
+    INSERT INTO contacts AS c (tenant_id, data_source_id, email, email_hash, first_name, last_name, company,
+                               website, country, language, category, custom)
+    SELECT tenant_id, data_source_id, email, email_hash, first_name, last_name, company, website, country,
+           language, category, coalesce(custom::jsonb, '{}'::jsonb)
+    FROM input
+    ON CONFLICT (tenant_id, email_hash) DO UPDATE SET
+        data_source_id = coalesce(c.data_source_id, excluded.data_source_id),
+        first_name = coalesce(excluded.first_name, c.first_name),
+        last_name = coalesce(excluded.last_name, c.last_name),
+        company = coalesce(excluded.company, c.company),
+        website = coalesce(excluded.website, c.website),
+        country = coalesce(excluded.country, c.country),
+        language = coalesce(excluded.language, c.language),
+        category = coalesce(excluded.category, c.category),
+        custom = c.custom || excluded.custom,
+        updated_at = now()
+    WHERE c.status <> 'erased'
+      AND (c.data_source_id, c.first_name, c.last_name, c.company, c.website, c.country, c.language,
+           c.category, c.custom)
+          IS DISTINCT FROM
+          (coalesce(c.data_source_id, excluded.data_source_id), coalesce(excluded.first_name, c.first_name),
+           coalesce(excluded.last_name, c.last_name), coalesce(excluded.company, c.company),
+           coalesce(excluded.website, c.website), coalesce(excluded.country, c.country),
+           coalesce(excluded.language, c.language), coalesce(excluded.category, c.category),
+           c.custom || excluded.custom)
+    RETURNING c.id, c.tenant_id, c.email_hash, (c.xmax = 0) AS created
+),
+events AS (
+    INSERT INTO contact_events (contact_id, tenant_id, kind, detail)
+    SELECT up.id, up.tenant_id,
+           CASE WHEN up.created THEN 'created' ELSE 'updated' END,
+           CASE WHEN up.created THEN jsonb_build_object('data_source_id', i.data_source_id)
+           ELSE jsonb_build_object('fields', to_jsonb(array_remove(ARRAY[
+               CASE WHEN i.first_name IS DISTINCT FROM o.first_name AND i.first_name IS NOT NULL THEN 'first_name' END,
+               CASE WHEN i.last_name IS DISTINCT FROM o.last_name AND i.last_name IS NOT NULL THEN 'last_name' END,
+               CASE WHEN i.company IS DISTINCT FROM o.company AND i.company IS NOT NULL THEN 'company' END,
+               CASE WHEN i.website IS DISTINCT FROM o.website AND i.website IS NOT NULL THEN 'website' END,
+               CASE WHEN i.country IS DISTINCT FROM o.country AND i.country IS NOT NULL THEN 'country' END,
+               CASE WHEN i.language IS DISTINCT FROM o.language AND i.language IS NOT NULL THEN 'language' END,
+               CASE WHEN i.category IS DISTINCT FROM o.category AND i.category IS NOT NULL THEN 'category' END,
+               CASE WHEN i.custom IS NOT NULL AND o.custom || i.custom::jsonb <> o.custom THEN 'custom' END
+           ], NULL))) END
+    FROM up
+    JOIN input i ON i.tenant_id = up.tenant_id AND i.email_hash = up.email_hash
+    LEFT JOIN old o ON o.tenant_id = up.tenant_id AND o.email_hash = up.email_hash
+)
+SELECT i.ord, coalesce(up.id, o.id) AS id,
+       CASE WHEN up.created THEN 'created'
+            WHEN up.id IS NOT NULL THEN 'updated'
+            WHEN o.status = 'erased' THEN 'erased'
+            ELSE 'unchanged' END AS outcome
+FROM input i
+LEFT JOIN up ON up.tenant_id = i.tenant_id AND up.email_hash = i.email_hash
+LEFT JOIN old o ON o.tenant_id = i.tenant_id AND o.email_hash = i.email_hash
+ORDER BY i.ord;
+
+-- name: ensure-tags
+-- Tags are created on first use; a concurrent creator of the same slug simply wins.
+INSERT INTO tags (tenant_id, slug)
+SELECT DISTINCT t.tenant_id, t.slug FROM unnest($1::bigint[], $2::text[]) AS t(tenant_id, slug)
+ON CONFLICT (tenant_id, slug) DO NOTHING;
+
+-- name: link-contact-tags
+-- A separate statement from ensure-tags so it sees tags another transaction created meanwhile.
+-- Returns the contacts that gained a tag (a re-sent batch gains none).
+INSERT INTO contact_tags (contact_id, tag_id)
+SELECT p.contact_id, t.id
+FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS p(contact_id, tenant_id, slug)
+JOIN tags t ON t.tenant_id = p.tenant_id AND t.slug = p.slug
+ON CONFLICT DO NOTHING
+RETURNING contact_id;
+
+-- name: unlink-contact-tags
+DELETE FROM contact_tags ct USING tags t
+WHERE ct.contact_id = $1 AND t.id = ct.tag_id AND t.tenant_id = $2 AND t.slug = ANY($3::text[])
+RETURNING t.slug;
+
+-- name: record-contact-events
+-- Events for many contacts at once (one kind and detail per row).
+INSERT INTO contact_events (contact_id, tenant_id, kind, detail)
+SELECT e.contact_id, $1, e.kind, e.detail::jsonb
+FROM unnest($2::bigint[], $3::text[], $4::text[]) AS e(contact_id, kind, detail);
+
+-- name: list-contacts
+-- returns: Contact
+-- Keyset pagination on (tenant_id, id): each page starts after the last id seen, so deep pages cost what
+-- the first one does. NULL parameters switch a filter off; erased contacts show only when asked for.
+-- Search is a case-insensitive substring (pg_trgm is not in the embedded PostgreSQL, so no trigram index).
+SELECT c.id, c.tenant_id, c.data_source_id, c.email, c.first_name, c.last_name, c.company, c.website,
+       c.country, c.language, c.category, c.custom, c.status::text AS status, c.score, c.reasons, c.suggestion,
+       c.mx_host, c.validated_at, c.created_at, c.updated_at,
+       ARRAY(SELECT t.slug FROM contact_tags ct JOIN tags t ON t.id = ct.tag_id
+             WHERE ct.contact_id = c.id ORDER BY t.slug) AS tags
+FROM contacts c
+WHERE c.tenant_id = $1 AND c.id > $2
+  AND (($3::contact_status IS NULL AND c.status <> 'erased') OR c.status = $3::contact_status)
+  AND ($4::text[] IS NULL OR (
+        SELECT count(*) FROM contact_tags ct JOIN tags t ON t.id = ct.tag_id
+        WHERE ct.contact_id = c.id AND t.slug = ANY($4::text[])
+      ) >= CASE WHEN $5::boolean THEN cardinality($4::text[]) ELSE 1 END)
+  AND ($6::text IS NULL OR c.language = $6::text)
+  AND ($7::text IS NULL OR c.category = $7::text)
+  AND ($8::bigint IS NULL OR c.data_source_id = $8::bigint)
+  AND ($9::timestamptz IS NULL OR c.created_at >= $9::timestamptz)
+  AND ($10::timestamptz IS NULL OR c.created_at < $10::timestamptz)
+  AND ($11::text IS NULL OR c.email ILIKE $11::text OR c.company ILIKE $11::text)
+ORDER BY c.id
+LIMIT $12;
+
+-- name: count-contacts
+-- The total behind list-contacts' filters (same WHERE clause, without the cursor).
+SELECT count(*)
+FROM contacts c
+WHERE c.tenant_id = $1
+  AND (($2::contact_status IS NULL AND c.status <> 'erased') OR c.status = $2::contact_status)
+  AND ($3::text[] IS NULL OR (
+        SELECT count(*) FROM contact_tags ct JOIN tags t ON t.id = ct.tag_id
+        WHERE ct.contact_id = c.id AND t.slug = ANY($3::text[])
+      ) >= CASE WHEN $4::boolean THEN cardinality($3::text[]) ELSE 1 END)
+  AND ($5::text IS NULL OR c.language = $5::text)
+  AND ($6::text IS NULL OR c.category = $6::text)
+  AND ($7::bigint IS NULL OR c.data_source_id = $7::bigint)
+  AND ($8::timestamptz IS NULL OR c.created_at >= $8::timestamptz)
+  AND ($9::timestamptz IS NULL OR c.created_at < $9::timestamptz)
+  AND ($10::text IS NULL OR c.email ILIKE $10::text OR c.company ILIKE $10::text);
+
+-- name: get-contact
+-- returns: Contact
+SELECT c.id, c.tenant_id, c.data_source_id, c.email, c.first_name, c.last_name, c.company, c.website,
+       c.country, c.language, c.category, c.custom, c.status::text AS status, c.score, c.reasons, c.suggestion,
+       c.mx_host, c.validated_at, c.created_at, c.updated_at,
+       ARRAY(SELECT t.slug FROM contact_tags ct JOIN tags t ON t.id = ct.tag_id
+             WHERE ct.contact_id = c.id ORDER BY t.slug) AS tags
+FROM contacts c
+WHERE c.tenant_id = $1 AND c.id = $2;
+
+-- name: lock-contact
+-- The row a PATCH changes, locked so two operators' edits apply one after the other.
+SELECT status::text AS status, data_source_id, first_name, last_name, company, website, country, language,
+       category, custom
+FROM contacts WHERE tenant_id = $1 AND id = $2
+FOR UPDATE;
+
+-- name: update-contact
+UPDATE contacts SET data_source_id = $3, first_name = $4, last_name = $5, company = $6, website = $7,
+       country = $8, language = $9, category = $10, custom = $11, status = $12::contact_status,
+       updated_at = now()
+WHERE tenant_id = $1 AND id = $2;
+
+-- name: erase-contact
+-- Erasure (GDPR art. 17): every personal field goes, the address hash stays so the address is refused if
+-- anyone imports it again. Tags and a pending MailWizz push go too; events hold no personal data.
+WITH erased AS (
+    UPDATE contacts SET email = NULL, first_name = NULL, last_name = NULL, company = NULL, website = NULL,
+           country = NULL, language = NULL, category = NULL, custom = '{}'::jsonb, status = 'erased',
+           score = NULL, reasons = '{}', suggestion = NULL, mx_host = NULL, mailwizz_subscriber_uid = NULL,
+           updated_at = now()
+    WHERE tenant_id = $1 AND id = $2 AND status <> 'erased'
+    RETURNING id
+),
+untag AS (DELETE FROM contact_tags WHERE contact_id IN (SELECT id FROM erased)),
+unqueue AS (DELETE FROM mailwizz_outbox WHERE contact_id IN (SELECT id FROM erased))
+SELECT id FROM erased;
+
+-- name: list-contact-events
+-- returns: ContactEvent
+SELECT e.id, e.kind, e.detail, e.created_at
+FROM contact_events e
+WHERE e.tenant_id = $1 AND e.contact_id = $2
+ORDER BY e.id;
