@@ -305,7 +305,7 @@ def render_parts(compiled: CompiledTemplate, context: Mapping[str, Any]) -> tupl
             text = "".join(blocks["text"](ctx))
         else:
             text = html_to_text("".join(blocks["body"](ctx)))
-        text += "".join(blocks["text_footer"](ctx))
+        text = text.rstrip() + "".join(blocks["text_footer"](ctx))
     except _MissingName as exc:
         raise MissingVariable(str(exc)) from None
     except SecurityError as exc:
