@@ -103,10 +103,13 @@ class _Missing(StrictUndefined):
     __slots__ = ()
 
     def __init__(self, hint: str | None = None, obj: Any = missing, name: str | None = None, exc: Any = None):
-        super().__init__(hint, obj, name, _MissingName)
+        # The sandbox passes exc=SecurityError for unsafe attributes: that must stay a refusal.
+        super().__init__(hint, obj, name, exc if exc is SecurityError else _MissingName)
 
     @property
     def _undefined_message(self) -> str:
+        if self._undefined_exception is SecurityError:
+            return self._undefined_hint or "unsafe access"
         return self._undefined_name or self._undefined_hint or "?"
 
 
