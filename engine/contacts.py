@@ -215,8 +215,11 @@ async def ingest(db: asyncpg.Connection, contacts: list[ContactIn], *, tenant_id
             result = dict(outcome=outcome, id=contact_id)
             if outcome == "created":
                 to_validate.setdefault(row[0], []).append(contact_id)
-        for index in members[(row[0], row[3])]:
-            results[index] = Outcome(index=index, **result)
+        first, *repeats = members[(row[0], row[3])]
+        results[first] = Outcome(index=first, **result)
+        for index in repeats:  # the same address again in this batch: merged into the first, counted once
+            results[index] = Outcome(index=index, outcome="unchanged" if result["id"] else "rejected",
+                                     id=result["id"], reason=result.get("reason"))
     counts = {"created": 0, "updated": 0, "unchanged": 0, "rejected": 0}
     for r in results:
         counts[r.outcome] += 1

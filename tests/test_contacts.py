@@ -53,7 +53,7 @@ async def test_resend_creates_nothing_and_duplicates_in_a_batch_merge(client, so
     assert again["created"] == 0 and again["unchanged"] == 2
     body = await ingest(client, sos, [person("Dup@Example.FR", first_name="Ann", tags=["x"]),
                                       person(" dup@example.fr ", last_name="Lee", tags=["y"])])
-    assert body["created"] == 2 and body["results"][0]["id"] == body["results"][1]["id"]
+    assert body["created"] == 1 and body["unchanged"] == 1 and body["results"][0]["id"] == body["results"][1]["id"]
     assert await db.fetchval("SELECT count(*) FROM contacts WHERE email = 'dup@example.fr'") == 1
     row = await db.fetchrow("SELECT first_name, last_name FROM contacts WHERE email = 'dup@example.fr'")
     assert (row["first_name"], row["last_name"]) == ("Ann", "Lee")

@@ -1,0 +1,114 @@
+"""CSV imports: multipart and raw uploads, BOM, `;`, quoted newlines, broken lines reported by number."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from tests.conftest import SECRET_KEY, tenant_key
+from tests.dnsserver import DnsServer
+from workers.main import create_worker
+
+
+@pytest.fixture
+async def sos(client, admin, seeded) -> dict[str, str]:
+    return await tenant_key(client, admin, seeded[0])
+
+
+async def run_worker(settings) -> None:
+    # validation runs in the same burst: its DNS is a loopback server that knows no domain
+    async with DnsServer({}) as dns:
+        local = msgspec.structs.replace(settings, dns_servers=(dns.address,))
+        worker = create_worker(local, secret_key=SECRET_KEY, burst=True, handle_signals=False)
+        try:
+            await worker.async_run()
+        finally:
+            await worker.close()
+
+
+async def progress(client, headers, import_id: int) -> dict:
+    r = await client.get(f"/api/v2/imports/{import_id}", headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_multipart_with_bom_semicolons_quoted_newlines_and_broken_lines(client, sos, settings, db) -> None:
+    text = ("email;first_name;company;siret\n"
+            "ann@example.fr;Ann;\"Cabinet\nAnn\";123\n"
+            "broken@example.fr;Too;Many;Fields;Here\n"
+            "not-an-email;Bob;B;456\n"
+            "carl@example.fr;Carl;\"C; and co\";789\n"
+            "\n"
+            "ann@example.fr;Ann;\"Cabinet\nAnn\";123\n")
+    files = {"file": ("contacts.csv", b"\xef\xbb\xbf" + text.encode(), "text/csv")}
+    data = {"tags": "import-a, Lang FR", "language": "fr-FR", "data_source_id": "3"}
+    r = await client.post("/api/v2/contacts/import", files=files, data=data, headers=sos)
+    assert r.status_code == 202, r.text
+    import_id = r.json()["id"]
+    assert r.json()["status"] == "queued"
+    await run_worker(settings)
+    got = await progress(client, sos, import_id)
+    p = got["progress"]
+    assert p["status"] == "done", p
+    assert (p["rows_read"], p["created"], p["unchanged"], p["rejected"]) == (5, 2, 1, 2)
+    assert [(x["line"], x["reason"].split(":")[0]) for x in got["rejects"]] == [(4, "expected 4 fields, found 5"),
+                                                                                  (5, "email")]
+    row = await db.fetchrow("SELECT * FROM contacts WHERE email = 'ann@example.fr'")
+    assert row["company"] == "Cabinet\nAnn" and row["custom"] == {"siret": "123"} and row["language"] == "fr"
+    assert row["data_source_id"] == 3
+    tags = [r["slug"] for r in await db.fetch(
+        "SELECT t.slug FROM contact_tags ct JOIN tags t ON t.id = ct.tag_id WHERE ct.contact_id = $1 ORDER BY 1", row["id"])]
+    assert tags == ["import-a", "lang-fr"]
+    assert await db.fetchval("SELECT company FROM contacts WHERE email = 'carl@example.fr'") == "C; and co"
+    # validation was queued per batch and ran in the same burst
+    assert await db.fetchval("SELECT count(*) FROM contact_events WHERE kind IN ('validated', 'validation_deferred')") == 2
+    assert not list((settings.home / "imports").iterdir())  # the upload is gone once imported
+
+
+async def test_raw_csv_stream_with_mapping_and_unterminated_quote(client, sos, settings, db) -> None:
+    text = "Mail,Prénom,Note\r\nx@example.fr,Xavier,hello\r\ny@example.fr,\"Yves,oops\r\n"
+    mapping = json.dumps({"email": "Mail", "first_name": "Prénom", "custom.note": "Note"})
+    r = await client.post("/api/v2/contacts/import", params={"mapping": mapping}, content=text.encode(),
+                          headers={**sos, "content-type": "text/csv"})
+    assert r.status_code == 202, r.text
+    await run_worker(settings)
+    got = await progress(client, sos, r.json()["id"])
+    assert got["progress"]["created"] == 1 and got["progress"]["rejected"] == 1
+    assert got["rejects"][0]["line"] == 3 and "malformed CSV" in got["rejects"][0]["reason"]
+    assert await db.fetchval("SELECT custom FROM contacts WHERE email = 'x@example.fr'") == {"note": "hello"}
+
+
+async def test_import_bad_options_and_isolation(client, admin, sos, settings) -> None:
+    csv_headers = {**sos, "content-type": "text/csv"}
+    r = await client.post("/api/v2/contacts/import", content=b"", headers=csv_headers)
+    assert r.status_code == 400 and r.json()["field"] == "file"
+    r = await client.post("/api/v2/contacts/import", params={"mapping": "{bad"}, content=b"email\na@b.fr\n",
+                          headers=csv_headers)
+    assert r.status_code == 400 and r.json()["field"] == "mapping"
+    r = await client.post("/api/v2/contacts/import", params={"mapping": '{"mail": "x"}'}, content=b"email\na@b.fr\n",
+                          headers=csv_headers)
+    assert r.status_code == 400 and "mapping.mail" in r.text
+    r = await client.post("/api/v2/contacts/import", params={"data_source_id": 5}, content=b"email\na@b.fr\n",
+                          headers=csv_headers)
+    assert r.status_code == 400 and r.json()["field"] == "data_source_id"
+    r = await client.post("/api/v2/contacts/import", params={"tenant_id": 2}, content=b"email\na@b.fr\n",
+                          headers=csv_headers)
+    assert r.status_code == 404
+    r = await client.post("/api/v2/contacts/import", content=b"email\na@b.fr\n",
+                          headers={**admin, "content-type": "text/csv"})
+    assert r.status_code == 400 and r.json()["field"] == "tenant_id"
+    r = await client.post("/api/v2/contacts/import", params={"tenant_id": 2}, content=b"email\na@b.fr\n",
+                          headers={**admin, "content-type": "text/csv"})
+    assert r.status_code == 202
+    ulixai_import = r.json()["id"]
+    assert (await client.get(f"/api/v2/imports/{ulixai_import}", headers=sos)).status_code == 404
+    assert len(list((settings.home / "imports").iterdir())) == 1  # refused uploads left nothing behind
+
+
+async def test_file_without_email_column_fails_the_import_with_a_reason(client, sos, settings) -> None:
+    r = await client.post("/api/v2/contacts/import", content=b"name\nann\n", headers={**sos, "content-type": "text/csv"})
+    await run_worker(settings)
+    p = (await progress(client, sos, r.json()["id"]))["progress"]
+    assert p["status"] == "failed" and "email" in p["error"]
