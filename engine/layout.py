@@ -16,7 +16,7 @@ from engine.rendering import (
     CompiledTemplate,
     Frame,
     TemplateCache,
-    get_compiled,
+    compile_template,
     render_parts,
 )
 
@@ -56,6 +56,9 @@ body { margin:0; padding:0; background-color:#f4f5f7; -webkit-text-size-adjust:1
              line-height:1px; color:#f4f5f7; opacity:0; }
 """
 
+# Layout variables a render may leave out; given as template globals so no Undefined is built per message.
+LAYOUT_DEFAULTS: tuple[tuple[str, str], ...] = (("preheader", ""), ("brand", ""), ("sender_address", ""))
+
 # Markers survive css_inline as text/comments and become Jinja afterwards; the body is inserted between.
 _SHELL = """<!DOCTYPE html>
 <html lang="LANG" dir="DIR">
@@ -88,10 +91,10 @@ _SHELL = """<!DOCTYPE html>
 """
 
 _JINJA = {
-    "@@PREHEADER@@": "{{ preheader|default('') }}",
-    "<!--@@IF_BRAND@@-->": "{% if brand is defined and brand %}",
+    "@@PREHEADER@@": "{{ preheader }}",
+    "<!--@@IF_BRAND@@-->": "{% if brand %}",
     "@@BRAND@@": "{{ brand }}",
-    "<!--@@IF_ADDRESS@@-->": "{% if sender_address is defined and sender_address %}",
+    "<!--@@IF_ADDRESS@@-->": "{% if sender_address %}",
     "@@ADDRESS@@": "{{ sender_address }}",
     "<!--@@END@@-->": "{% endif %}",
     "@@UNSUBSCRIBE_URL@@": "{{ unsubscribe_url }}",
@@ -128,21 +131,24 @@ def email_frame(language: str) -> Frame:
         inlined = inlined.replace(marker, jinja)
     prefix, suffix = inlined.split("@@BODY@@")
     footer = (
-        "\n\n-- \n{% if brand is defined and brand %}{{ brand }}\n{% endif %}"
-        "{% if sender_address is defined and sender_address %}{{ sender_address }}\n{% endif %}"
+        "\n\n-- \n{% if brand %}{{ brand }}\n{% endif %}{% if sender_address %}{{ sender_address }}\n{% endif %}"
         + UNSUBSCRIBE_LABELS[lang] + ": {{ unsubscribe_url }}\n"
     )
-    return Frame(html_prefix=prefix, html_suffix=suffix, text_footer=footer)
+    return Frame(html_prefix=prefix, html_suffix=suffix, text_footer=footer, defaults=LAYOUT_DEFAULTS)
 
 
 def compile_email(subject_tpl: str, html_tpl: str, text_tpl: str | None = None, *, language: str,
                   cache_key: tuple[Hashable, Hashable] | None = None,
                   cache: TemplateCache = DEFAULT_CACHE) -> CompiledTemplate:
     """A template version compiled inside the layout, cached by (template_id, version) or by source."""
-    lang = template_language(language)
-    body = html_tpl.replace("<p>", PARAGRAPH)
-    return get_compiled(cache_key, subject_tpl, body, text_tpl, language=lang, frame=email_frame(lang),
-                        cache=cache)
+    entry_key = (cache_key if cache_key is not None else (subject_tpl, html_tpl, text_tpl), ("email", language))
+    compiled = cache.lookup(entry_key)
+    if compiled is None:
+        lang = template_language(language)
+        compiled = compile_template(subject_tpl, html_tpl.replace("<p>", PARAGRAPH), text_tpl, language=lang,
+                                    frame=email_frame(lang))
+        cache.store(entry_key, compiled)
+    return compiled
 
 
 def render_email(compiled: CompiledTemplate, context: Mapping[str, Any]) -> RenderedEmail:

@@ -12,7 +12,7 @@ import msgspec
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.meta import find_undeclared_variables
-from jinja2.runtime import missing
+from jinja2.runtime import Context, missing
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import pass_context
 
@@ -103,8 +103,12 @@ class _Missing(StrictUndefined):
     __slots__ = ()
 
     def __init__(self, hint: str | None = None, obj: Any = missing, name: str | None = None, exc: Any = None):
+        # Slots set directly: `|default` and `is defined` create one of these per use on the hot path.
+        self._undefined_hint = hint
+        self._undefined_obj = obj
+        self._undefined_name = name
         # The sandbox passes exc=SecurityError for unsafe attributes: that must stay a refusal.
-        super().__init__(hint, obj, name, exc if exc is SecurityError else _MissingName)
+        self._undefined_exception = SecurityError if exc is SecurityError else _MissingName
 
     @property
     def _undefined_message(self) -> str:
@@ -247,6 +251,8 @@ class Frame(msgspec.Struct, frozen=True, kw_only=True):
     html_prefix: str = ""
     html_suffix: str = ""
     text_footer: str = ""
+    # Variables the frame reads, with the value used when a render does not set them.
+    defaults: tuple[tuple[str, Any], ...] = ()
 
 
 NO_FRAME = Frame()
@@ -259,6 +265,8 @@ class CompiledTemplate(msgspec.Struct, frozen=True, kw_only=True):
     variables: frozenset[str]
     template: Any
     has_text: bool
+    # Template globals as one flat dict, merged into each render's variables in a single C-level copy.
+    base: dict[str, Any] = {}
 
 
 def _derived_text(body_html: str) -> str | None:
@@ -286,10 +294,10 @@ def compile_template(
         + "{% block text_footer %}{% autoescape false %}" + frame.text_footer
         + "{% endautoescape %}{% endblock %}"
     )
-    template = ENVIRONMENT.from_string(source, globals={"template_language": lang})
+    template = ENVIRONMENT.from_string(source, globals={"template_language": lang, **dict(frame.defaults)})
     return CompiledTemplate(
         language=lang, variables=template_variables(subject, body_html, body_text),
-        template=template, has_text=text is not None,
+        template=template, has_text=text is not None, base=dict(template.globals),
     )
 
 
@@ -297,7 +305,9 @@ def render_parts(compiled: CompiledTemplate, context: Mapping[str, Any]) -> tupl
     """(subject, html, text) of one message; MissingVariable or TemplateRejected when it cannot render."""
     template = compiled.template
     blocks = template.blocks
-    ctx = template.new_context(context)
+    # Same as template.new_context(context) without flattening the globals ChainMap on every render; the
+    # globals' keys only matter to {% import %}, which check_template refuses.
+    ctx = Context(ENVIRONMENT, {**compiled.base, **context}, None, blocks)
     field = "subject"
     try:
         subject = "".join(blocks["subject"](ctx))
@@ -318,6 +328,17 @@ def render_parts(compiled: CompiledTemplate, context: Mapping[str, Any]) -> tupl
     return subject, html, text
 
 
+def render_body(compiled: CompiledTemplate, context: Mapping[str, Any]) -> str:
+    """The HTML body alone, without the layout (previews, and the benchmark's body-only figure)."""
+    ctx = Context(ENVIRONMENT, {**compiled.base, **context}, None, compiled.template.blocks)
+    try:
+        return "".join(compiled.template.blocks["body"](ctx))
+    except _MissingName as exc:
+        raise MissingVariable(str(exc)) from None
+    except SecurityError as exc:
+        raise TemplateRejected("body_html", f"unsafe operation: {exc}") from None
+
+
 class TemplateCache:
     """LRU of compiled templates keyed by (template_id, version): each version compiles once per process."""
 
@@ -326,19 +347,29 @@ class TemplateCache:
         self.compiles = 0
         self._entries: OrderedDict[Hashable, CompiledTemplate] = OrderedDict()
 
-    def get(self, key: Hashable, subject: str, body_html: str, body_text: str | None = None, *,
-            language: str = "en", frame: Frame = NO_FRAME) -> CompiledTemplate:
-        """The compiled template for `key`, compiling it on first use."""
-        entry_key = (key, frame) if key is not None else ((subject, body_html, body_text, language), frame)
+    def lookup(self, entry_key: tuple[Hashable, Hashable]) -> CompiledTemplate | None:
+        """The cached entry for ((template_id, version), variant), or None."""
         compiled = self._entries.get(entry_key)
         if compiled is not None:
             self._entries.move_to_end(entry_key)
-            return compiled
-        compiled = compile_template(subject, body_html, body_text, language=language, frame=frame)
+        return compiled
+
+    def store(self, entry_key: tuple[Hashable, Hashable], compiled: CompiledTemplate) -> CompiledTemplate:
+        """Remember a freshly compiled entry, evicting the least recently used beyond `maxsize`."""
         self.compiles += 1
         self._entries[entry_key] = compiled
         if len(self._entries) > self.maxsize:
             self._entries.popitem(last=False)
+        return compiled
+
+    def get(self, key: Hashable, subject: str, body_html: str, body_text: str | None = None, *,
+            language: str = "en", frame: Frame = NO_FRAME) -> CompiledTemplate:
+        """The compiled template for `key` (None: keyed by source), compiling it on first use."""
+        entry_key = (key, frame) if key is not None else ((subject, body_html, body_text, language), frame)
+        compiled = self.lookup(entry_key)
+        if compiled is None:
+            compiled = compile_template(subject, body_html, body_text, language=language, frame=frame)
+            self.store(entry_key, compiled)
         return compiled
 
     def invalidate(self, template_id: Hashable) -> None:

@@ -22,6 +22,7 @@ from engine.rendering import (
     compile_template,
     convert_placeholders,
     format_date,
+    render_body,
     render_context,
     render_parts,
     template_variables,
@@ -67,6 +68,14 @@ def test_seed_curl_example_renders_as_written():
     assert html == "<p>Bonjour Zoé,</p><p>Votre cabinet Martin &amp; Associés pourrait bénéficier...</p>"
     assert text == "Bonjour Zoé,\n\nVotre cabinet Martin & Associés pourrait bénéficier..."
     assert compiled.variables == {"firstName", "company"}
+
+
+def test_render_body_is_the_body_without_layout():
+    compiled = compile_email(SEED_SUBJECT, SEED_BODY, language="fr")
+    body = render_body(compiled, ctx())
+    assert body.startswith('<p style="margin:0 0 16px 0;">Bonjour Zoé,</p>') and "<html" not in body
+    with pytest.raises(MissingVariable, match="company"):
+        render_body(compiled, render_context({"first_name": "A"}, None, UNSUB))
 
 
 def test_placeholder_conversion_leaves_jinja_and_css_alone():
