@@ -8,6 +8,7 @@ from datetime import date
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from engine.dates import format_date
 from engine.languages import LANGUAGES
 from engine.layout import build_email, compile_email, email_frame, render_email
 from engine.plaintext import html_to_text
@@ -21,7 +22,6 @@ from engine.rendering import (
     check_template,
     compile_template,
     convert_placeholders,
-    format_date,
     render_body,
     render_context,
     render_parts,
