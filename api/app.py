@@ -18,7 +18,7 @@ from litestar.openapi.plugins import RedocRenderPlugin, ScalarRenderPlugin, Swag
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import ConnectionPool
 
-from api import contacts, data_sources, health, imports, tenants
+from api import campaigns, contacts, data_sources, health, imports, tenants
 from api.auth import PUBLIC_PATHS, BearerAuth, principal
 from api.errors import HANDLERS
 from engine import db as dbm
@@ -52,7 +52,7 @@ def provide_settings(state: State) -> Settings:
 
 def controllers() -> Sequence[Any]:
     """Every route of the API; each noun's module exposes `ROUTES`."""
-    return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES]
+    return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),
