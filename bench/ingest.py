@@ -1,0 +1,228 @@
+"""Ingest benchmark: contacts/s through the HTTP API of a real server vs asyncpg COPY, then a 1M-row CSV import.
+
+Run: .venv/bin/python bench/ingest.py [--contacts 100000] [--batch 1000] [--clients 4] [--csv-rows 1000000]
+Needs a PostgreSQL (EMAIL_ENGINE_BENCH_DATABASE_URL, default postgresql://postgres@127.0.0.1:5432/postgres; a
+throwaway database is created and dropped) and a Redis (EMAIL_ENGINE_BENCH_REDIS_URL, default
+redis://127.0.0.1:6379/0; a namespace of its own is used and cleaned). DNS comes from a loopback server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+from redis.asyncio import Redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine import db as dbm  # noqa: E402
+from engine.seed import seed  # noqa: E402
+from tests.dnsserver import DnsServer  # noqa: E402
+
+ADMIN_KEY = "ee_bench-admin-key-" + secrets.token_hex(8)
+SECRET_KEY = "bench-secret-key-" + secrets.token_hex(8)
+DOMAINS = [f"mail{i}.example" for i in range(200)]
+LANGS = ["fr", "en-GB", "es", "de", "pt_BR", "ru", "zh", "hi", "ar"]
+CATEGORIES = ["avocat", "expatrie", "client", "partenaire"]
+COPY_COLUMNS = ["tenant_id", "data_source_id", "email", "email_hash", "first_name", "last_name", "company",
+                "language", "category"]
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def contact(i: int) -> dict:
+    return {"tenant_id": 1, "data_source_id": 4, "email": f"person{i}@{DOMAINS[i % len(DOMAINS)]}",
+            "first_name": f"First{i}", "last_name": f"Last{i}", "company": f"Company {i % 997}",
+            "language": LANGS[i % len(LANGS)], "category": CATEGORIES[i % len(CATEGORIES)],
+            "tags": ["bench", f"cohort-{i % 10}"]}
+
+
+def peak_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def wait_ready(base: str, proc: subprocess.Popen) -> None:
+    async with httpx.AsyncClient() as c:
+        for _ in range(300):
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited with {proc.returncode}")
+            try:
+                if (await c.get(base + "/ready")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise SystemExit("server did not become ready")
+
+
+async def bench_api(base: str, n: int, batch: int, clients: int) -> float:
+    batches = [{"contacts": [contact(i) for i in range(start, min(start + batch, n))]} for start in range(0, n, batch)]
+    queue: asyncio.Queue = asyncio.Queue()
+    for b in batches:
+        queue.put_nowait(b)
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=120) as c:
+            while not queue.empty():
+                body = queue.get_nowait()
+                r = await c.post("/api/v2/contacts/ingest", json=body)
+                assert r.status_code == 200 and r.json()["created"] == len(body["contacts"]), r.text[:300]
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return n / (time.perf_counter() - start)
+
+
+async def bench_copy(url: str, n: int) -> float:
+    from engine.validation import normalise_email
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE contacts_copy (LIKE contacts INCLUDING ALL)")
+        rows = []
+        for i in range(n):
+            c = contact(i)
+            email = normalise_email(c["email"])
+            rows.append((1, 4, email, hashlib.sha256(email.encode()).digest(), c["first_name"], c["last_name"],
+                         c["company"], c["language"], c["category"]))
+        start = time.perf_counter()
+        await conn.copy_records_to_table("contacts_copy", records=rows, columns=COPY_COLUMNS)
+        return n / (time.perf_counter() - start)
+    finally:
+        await conn.close()
+
+
+def write_csv(path: Path, rows: int) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["email", "first_name", "last_name", "company", "language", "category", "tags"])
+        for i in range(rows):
+            c = contact(10_000_000 + i)
+            w.writerow([c["email"], c["first_name"], c["last_name"], c["company"], c["language"], c["category"],
+                        "csv,import"])
+
+
+async def bench_csv(base: str, env: dict, rows: int, workdir: Path) -> tuple[float, int]:
+    path = workdir / "contacts.csv"
+    write_csv(path, rows)
+    size = path.stat().st_size
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}", "content-type": "text/csv"}
+
+    async def chunks():
+        with open(path, "rb") as f:  # noqa: ASYNC230 - a bench reading its own file
+            while chunk := f.read(1 << 20):
+                yield chunk
+
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=600) as c:
+        r = await c.post("/api/v2/contacts/import", params={"tenant_id": 1, "data_source_id": 3},
+                         content=chunks())
+        assert r.status_code == 202, r.text
+        import_id = r.json()["id"]
+        worker = subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=env, cwd=ROOT,  # noqa: ASYNC220
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            start = time.perf_counter()
+            rss = 0
+            while True:
+                await asyncio.sleep(0.5)
+                rss = max(rss, peak_rss_kb(worker.pid))
+                p = (await c.get(f"/api/v2/imports/{import_id}")).json()["progress"]
+                if p["status"] in ("done", "failed"):
+                    break
+            elapsed = time.perf_counter() - start
+            assert p["status"] == "done" and p["created"] == rows, p
+            print(f"csv file: {size / 1e6:.0f} MB, {rows:,} rows, imported in {elapsed:.1f} s")
+            return rows / elapsed, max(rss, peak_rss_kb(worker.pid))
+        finally:
+            os.killpg(worker.pid, 15)
+            worker.wait(timeout=30)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--contacts", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--csv-rows", type=int, default=1_000_000)
+    args = ap.parse_args()
+
+    admin_url = os.environ.get("EMAIL_ENGINE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    redis_url = os.environ.get("EMAIL_ENGINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+    name = f"ee_bench_{secrets.token_hex(4)}"
+    namespace = f"eebench{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    url = with_database(admin_url, name)
+    server = None
+    try:
+        await dbm.migrate(url)
+        c = await dbm.connect(url)
+        await seed(c)
+        await c.close()
+        async with DnsServer({d: {"MX": [(10, f"mx.{d}")]} for d in DOMAINS}) as dns:
+            port = free_port()
+            with tempfile.TemporaryDirectory(prefix="ee-bench-") as tmp:
+                env = {**os.environ, "EMAIL_ENGINE_DATABASE_URL": url, "EMAIL_ENGINE_REDIS_URL": redis_url,
+                       "EMAIL_ENGINE_REDIS_NAMESPACE": namespace, "EMAIL_ENGINE_ADMIN_KEY": ADMIN_KEY,
+                       "EMAIL_ENGINE_SECRET_KEY": SECRET_KEY, "EMAIL_ENGINE_HTTP_PORT": str(port),
+                       "EMAIL_ENGINE_HOME": tmp, "EMAIL_ENGINE_DNS_SERVERS": dns.address,
+                       "EMAIL_ENGINE_LOG_LEVEL": "WARNING"}
+                server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], env=env, cwd=ROOT,  # noqa: ASYNC220
+                                          start_new_session=True)
+                base = f"http://127.0.0.1:{port}"
+                await wait_ready(base, server)
+                api_rate = await bench_api(base, args.contacts, args.batch, args.clients)
+                copy_rate = await bench_copy(url, args.contacts)
+                print(f"API ingest : {api_rate:10,.0f} contacts/s  ({args.contacts:,} contacts, batches of "
+                      f"{args.batch:,}, {args.clients} clients)")
+                print(f"COPY       : {copy_rate:10,.0f} contacts/s  (asyncpg copy_records_to_table, same rows)")
+                print(f"ratio      : {api_rate / copy_rate:.2f} x COPY  (goal >= 0.25)")
+                # the API part's validation jobs are not what the CSV figure measures
+                r = Redis.from_url(redis_url)
+                await r.delete(f"{namespace}:queue")
+                await r.aclose()
+                if args.csv_rows:
+                    rate, rss = await bench_csv(base, env, args.csv_rows, Path(tmp))
+                    print(f"CSV import : {rate:10,.0f} rows/s, worker peak RSS {rss / 1024:.0f} MB")
+    finally:
+        if server is not None:
+            os.killpg(server.pid, 15)
+            server.wait(timeout=30)
+        r = Redis.from_url(redis_url)
+        async for key in r.scan_iter(match=f"{namespace}:*", count=1000):
+            await r.delete(key)
+        await r.aclose()
+        conn = await asyncpg.connect(admin_url)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
