@@ -18,7 +18,7 @@ from litestar.openapi.plugins import RedocRenderPlugin, ScalarRenderPlugin, Swag
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import ConnectionPool
 
-from api import campaigns, contacts, data_sources, health, imports, tenants
+from api import campaigns, contacts, data_sources, health, imports, suppressions, tenants, unsubscribe
 from api.auth import PUBLIC_PATHS, BearerAuth, principal
 from api.errors import HANDLERS
 from engine import db as dbm
@@ -52,7 +52,8 @@ def provide_settings(state: State) -> Settings:
 
 def controllers() -> Sequence[Any]:
     """Every route of the API; each noun's module exposes `ROUTES`."""
-    return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES]
+    return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES,
+            *suppressions.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),
@@ -73,7 +74,7 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
 
     api = Router(path="/api/v2", route_handlers=[*controllers(), *extra_routes])
     return Litestar(
-        route_handlers=[health.health, health.ready, api],
+        route_handlers=[health.health, health.ready, *unsubscribe.ROUTES, api],
         lifespan=[lifespan],
         state=State({"settings": settings, "admin_key": admin_key, "secret_key": secret_key}),
         dependencies={
