@@ -53,8 +53,8 @@ class ContactPatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     data_source_id: Annotated[int, msgspec.Meta(gt=0)] | None | msgspec.UnsetType = msgspec.UNSET
     custom: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     add_tags: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(
-        max_length=100, examples=[["vip"]])] = []
-    remove_tags: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=100)] = []
+        max_length=100, examples=[["vip"]])] = msgspec.field(default_factory=list)
+    remove_tags: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=100)] = msgspec.field(default_factory=list)
     status: Annotated[ManualStatus, msgspec.Meta(description="set by hand; needs a reason")] | None = None
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500, examples=["confirmed by phone"])] | None = None
 

@@ -52,7 +52,7 @@ class ContactIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
                                           description="normalised to one of the nine codes when recognised")] | None = None
     category: Annotated[str, msgspec.Meta(max_length=200, examples=["avocat"])] | None = None
     tags: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(
-        max_length=100, examples=[["prestataire", "lang-fr"]], description="slugs, created on first use")] = []
+        max_length=100, examples=[["prestataire", "lang-fr"]], description="slugs, created on first use")] = msgspec.field(default_factory=list)
     custom: dict[str, Any] | None = None
 
 

@@ -34,7 +34,7 @@ class ImportDefaults(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     data_source_id: Annotated[int, msgspec.Meta(gt=0)] | None = None
     language: Annotated[str, msgspec.Meta(max_length=35)] | None = None
     category: Annotated[str, msgspec.Meta(max_length=200)] | None = None
-    tags: list[Annotated[str, msgspec.Meta(max_length=64)]] = []
+    tags: list[Annotated[str, msgspec.Meta(max_length=64)]] = msgspec.field(default_factory=list)
 
 
 class Import(msgspec.Struct, frozen=True, kw_only=True):
