@@ -106,6 +106,10 @@ def read_token(secret_key: str, token: str) -> UnsubscribeToken | None:
         payload, given = _unb64(body), _unb64(mac)
     except (binascii.Error, ValueError):
         return None
+    # Only the canonical spelling is accepted: base64's spare low bits would otherwise let several strings
+    # carry one token, and a changed token must be a refused token.
+    if _b64(payload) != body or _b64(given) != mac:
+        return None
     if not hmac.compare_digest(_mac(secret_key, payload), given):
         return None
     # Past this point the payload is one we wrote, so a parse error means a format change, not an attack.
