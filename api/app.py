@@ -18,7 +18,17 @@ from litestar.openapi.plugins import RedocRenderPlugin, ScalarRenderPlugin, Swag
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import ConnectionPool
 
-from api import campaigns, contacts, data_sources, health, imports, suppressions, tenants, unsubscribe
+from api import (
+    campaigns,
+    contacts,
+    data_sources,
+    health,
+    imports,
+    suppressions,
+    templates,
+    tenants,
+    unsubscribe,
+)
 from api.auth import PUBLIC_PATHS, BearerAuth, principal
 from api.errors import HANDLERS
 from engine import db as dbm
@@ -53,7 +63,7 @@ def provide_settings(state: State) -> Settings:
 def controllers() -> Sequence[Any]:
     """Every route of the API; each noun's module exposes `ROUTES`."""
     return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES,
-            *suppressions.ROUTES]
+            *suppressions.ROUTES, *templates.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),

@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 
 from engine.languages import Language
+from engine.templates import seed_starters
 from sql import q
 
 
@@ -82,4 +83,5 @@ async def seed(db: asyncpg.Connection) -> list[int]:
             await db.execute(q("seed-domain-ips"), tenant_id)
             await db.execute(q("seed-mailwizz"), tenant_id, "MailWizz",
                              f"https://mailwizz.{tenant.mail_domain}.example/api")
+            await seed_starters(db, tenant_id)
     return ids

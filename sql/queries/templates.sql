@@ -1,0 +1,137 @@
+-- name: templates-create
+-- The head row and its version 1 in one statement, so a template never exists without its first version.
+-- returns: Template
+WITH t AS (
+    INSERT INTO email_templates (tenant_id, name, language, category, subject, body_html, body_text, variables, active)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    RETURNING id, tenant_id, name, language, category, subject, body_html, body_text, variables, active, version,
+              created_at, updated_at
+), v AS (
+    INSERT INTO email_template_versions (template_id, version, language, subject, body_html, body_text, variables)
+    SELECT id, version, language, subject, body_html, body_text, variables FROM t
+)
+SELECT id, tenant_id, name, language, category, subject, body_html, body_text, variables, active, version,
+       created_at, updated_at
+FROM t;
+
+-- name: templates-list
+-- Keyset page in id order; each filter is skipped when its parameter is NULL. Deleted templates never show.
+-- returns: Template
+SELECT id, tenant_id, name, language, category, subject, body_html, body_text, variables, active, version,
+       created_at, updated_at
+FROM email_templates
+WHERE tenant_id = $1 AND deleted_at IS NULL
+  AND ($2::text IS NULL OR language = $2)
+  AND ($3::text IS NULL OR category = $3)
+  AND ($4::boolean IS NULL OR active = $4)
+  AND id > $5
+ORDER BY id
+LIMIT $6;
+
+-- name: templates-get
+-- returns: Template
+SELECT id, tenant_id, name, language, category, subject, body_html, body_text, variables, active, version,
+       created_at, updated_at
+FROM email_templates
+WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL;
+
+-- name: templates-lock
+-- An update reads the head under a row lock so two concurrent edits get consecutive versions.
+-- returns: Template
+SELECT id, tenant_id, name, language, category, subject, body_html, body_text, variables, active, version,
+       created_at, updated_at
+FROM email_templates
+WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL
+FOR UPDATE;
+
+-- name: templates-update
+-- Writes the new head; when $10 is a new version number it is also kept in the versions table (an unchanged
+-- version conflicts with its existing row and adds nothing).
+-- returns: Template
+WITH t AS (
+    UPDATE email_templates
+    SET name = $3, language = $4, category = $5, subject = $6, body_html = $7, body_text = $8, variables = $9,
+        version = $10, active = $11, updated_at = now()
+    WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL
+    RETURNING id, tenant_id, name, language, category, subject, body_html, body_text, variables, active, version,
+              created_at, updated_at
+), v AS (
+    INSERT INTO email_template_versions (template_id, version, language, subject, body_html, body_text, variables)
+    SELECT id, version, language, subject, body_html, body_text, variables FROM t
+    ON CONFLICT (template_id, version) DO NOTHING
+)
+SELECT id, tenant_id, name, language, category, subject, body_html, body_text, variables, active, version,
+       created_at, updated_at
+FROM t;
+
+-- name: templates-delete
+-- Soft delete: sends keep referring to (template_id, version), so the row and its versions stay readable.
+UPDATE email_templates SET active = false, deleted_at = now(), updated_at = now()
+WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL
+RETURNING id;
+
+-- name: templates-select
+-- The seed's chain in one scan of the selection index: language+category, language general, en+category,
+-- en general. When $2 is 'en' the first and third rungs coincide and report as the first. On one rung the
+-- newest template wins.
+-- returns: SelectedTemplate
+SELECT id, tenant_id, name, language, category, subject, body_html, body_text, variables, active, version,
+       created_at, updated_at,
+       CASE WHEN language = $2 AND category = $3 THEN 'language+category'
+            WHEN language = $2 AND category IS NULL THEN 'language'
+            WHEN category = $3 THEN 'en+category'
+            ELSE 'en' END AS matched
+FROM email_templates
+WHERE tenant_id = $1 AND active AND deleted_at IS NULL
+  AND language IN ($2, 'en')
+  AND (category IS NULL OR category = $3)
+ORDER BY CASE WHEN language = $2 AND category = $3 THEN 1
+              WHEN language = $2 AND category IS NULL THEN 2
+              WHEN category = $3 THEN 3
+              ELSE 4 END,
+         id DESC
+LIMIT 1;
+
+-- name: templates-book
+-- Every live template of a tenant: the dispatcher chooses among them in memory, with no query per message.
+-- returns: Template
+SELECT id, tenant_id, name, language, category, subject, body_html, body_text, variables, active, version,
+       created_at, updated_at
+FROM email_templates
+WHERE tenant_id = $1 AND active AND deleted_at IS NULL
+ORDER BY id;
+
+-- name: templates-get-version
+-- Deleted templates included: a send's (template_id, version) must stay readable for as long as the send.
+-- returns: TemplateVersion
+SELECT v.template_id, v.version, v.language, v.subject, v.body_html, v.body_text, v.variables, v.created_at
+FROM email_template_versions v
+JOIN email_templates t ON t.id = v.template_id
+WHERE t.tenant_id = $1 AND v.template_id = $2 AND v.version = $3;
+
+-- name: templates-list-versions
+-- Newest first; the first row is the current version.
+-- returns: TemplateVersion
+SELECT v.template_id, v.version, v.language, v.subject, v.body_html, v.body_text, v.variables, v.created_at
+FROM email_template_versions v
+JOIN email_templates t ON t.id = v.template_id
+WHERE t.tenant_id = $1 AND v.template_id = $2 AND t.deleted_at IS NULL
+ORDER BY v.version DESC;
+
+-- name: templates-seed-starter
+-- Insert-if-absent by (tenant, name, language), deleted rows included: a starter the tenant deleted stays
+-- deleted when the seed runs again.
+WITH t AS (
+    INSERT INTO email_templates (tenant_id, name, language, category, subject, body_html, body_text, variables)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8
+    WHERE NOT EXISTS (SELECT 1 FROM email_templates WHERE tenant_id = $1 AND name = $2 AND language = $3)
+    RETURNING id, version, language, subject, body_html, body_text, variables
+)
+INSERT INTO email_template_versions (template_id, version, language, subject, body_html, body_text, variables)
+SELECT id, version, language, subject, body_html, body_text, variables FROM t;
+
+-- name: templates-contact
+-- The fields a template may use, for a preview or a test render against one of the tenant's contacts.
+SELECT email, first_name, last_name, company, website, country, language, category, custom
+FROM contacts
+WHERE tenant_id = $1 AND id = $2;
