@@ -356,3 +356,25 @@ def test_create_payload_decodes_the_seed_curl() -> None:
 
     data = msgspec.convert(SEED_CURL, TemplateCreate)
     assert data.category == "avocat" and data.body_text is None and data.active is True
+
+
+async def test_worker_hooks_follow_invalidations(redis, settings) -> None:
+    from engine.rendering import DEFAULT_CACHE
+    from workers import templates as worker_templates
+
+    ctx = {"redis_client": redis, "settings": settings}
+    await worker_templates.on_startup(ctx)
+    try:
+        key = ((987654321, 1, 0), ("email", "en"))
+        DEFAULT_CACHE.store(key, templates.compiled_version(templates.TemplateVersion(
+            template_id=987654321, version=1, language="en", subject="s", body_html="<p>b</p>", body_text=None,
+            variables=[], created_at=templates.dt.datetime.now(templates.dt.UTC))))
+        await templates.publish_invalidation(redis, settings.redis_namespace, 987654321)
+        for _ in range(200):
+            if DEFAULT_CACHE.lookup(key) is None:
+                break
+            await asyncio.sleep(0.01)
+        assert DEFAULT_CACHE.lookup(key) is None
+    finally:
+        await worker_templates.on_shutdown(ctx)
+    assert "template_invalidations" not in ctx
