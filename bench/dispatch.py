@@ -1,6 +1,12 @@
-"""Dispatch benchmarks. Part 1 (`injector`): the SMTP injector alone against Postfix's smtp-sink.
+"""Dispatch benchmarks against Postfix's smtp-sink standing in for PowerMTA.
 
     .venv/bin/python bench/dispatch.py injector [--messages 50000] [--size 4096] [--connections 8]
+    .venv/bin/python bench/dispatch.py campaign [--contacts 50000] [--connections 8]
+
+Part 2 (`campaign`): a real worker process sends a whole campaign (50,000 contacts in nine languages over
+50 IPs) from `start` until every send row is final, against a throwaway database on
+EMAIL_ENGINE_BENCH_DATABASE_URL (default: the local PostgreSQL); smtp-source against the same sink is the
+baseline. It reports the worker's CPU per message and its peak RSS.
 
 In one run, against one smtp-sink: (a) Postfix's smtp-source (C, the ceiling), (b) pmta.inject.Injector,
 (c) plain aiosmtplib with the same number of persistent connections. Client and sink share the machine's
@@ -158,10 +164,142 @@ def injector_bench(args: argparse.Namespace) -> None:
         stop_sink(sink)
 
 
-# part 2: whole campaign -- add `campaign_bench(args)` here (contacts -> render -> rotation -> quota ->
-# Injector -> sends rows) and register it below as the `campaign` subcommand.
+# part 2: whole campaign ---------------------------------------------------------------------------------
+BENCH_DB = os.environ.get("EMAIL_ENGINE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+BENCH_REDIS = os.environ.get("EMAIL_ENGINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+CAMPAIGN_TARGET = 0.25
+
+
+def _with_db(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+async def _prepare_campaign(url: str, contacts: int) -> int:
+    """Migrate, seed, make tenant 1's 50 IPs active with ample quota, load contacts in nine languages."""
+    import hashlib
+
+    from engine import campaigns
+    from engine import db as dbm
+    from engine.languages import Language
+    from engine.seed import seed
+
+    await dbm.migrate(url)
+    conn = await dbm.connect(url)
+    try:
+        await seed(conn)
+        await conn.execute("UPDATE ips SET status = 'active', weight = 1 + (id % 5), daily_cap = 10000000 "
+                           "WHERE tenant_id = 1")
+        langs = [lang.value for lang in Language]
+        step = 100_000
+        for start in range(0, contacts, step):
+            rows = []
+            for i in range(start, min(contacts, start + step)):
+                email = f"reader{i}@inbox{i % 500}.example"
+                rows.append((1, 1, email, hashlib.sha256(email.encode()).digest(), f"Name{i}", f"Company {i}",
+                             langs[i % len(langs)], "valid"))
+            await conn.copy_records_to_table(
+                "contacts", records=rows,
+                columns=["tenant_id", "data_source_id", "email", "email_hash", "first_name", "company", "language",
+                         "status"])
+        draft = campaigns.CampaignDraft(tenant_id=1, name="bench", from_name="SOS-Expat",
+                                        from_email="hello@sos-expat-mail-01.example")
+        campaign = await campaigns.create_campaign(conn, draft)
+        return campaign.id
+    finally:
+        await conn.close()
+
+
+def _proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds used, peak RSS in KiB) of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmHWM"))
+    return cpu, hwm
+
+
+async def _run_campaign(url: str, campaign_id: int, port: int, namespace: str, contacts: int,
+                        pool_size: int) -> dict[str, float]:
+    import asyncpg
+
+    from engine import campaigns
+
+    env = {**os.environ, "EMAIL_ENGINE_DATABASE_URL": url, "EMAIL_ENGINE_REDIS_URL": BENCH_REDIS,
+           "EMAIL_ENGINE_REDIS_NAMESPACE": namespace, "EMAIL_ENGINE_PMTA_HOST": "127.0.0.1",
+           "EMAIL_ENGINE_PMTA_PORT": str(port), "EMAIL_ENGINE_PMTA_POOL_SIZE": str(pool_size),
+           "EMAIL_ENGINE_ADMIN_KEY": "bench-admin-key-0123456789", "EMAIL_ENGINE_SECRET_KEY": "bench-secret-0123456789",
+           "EMAIL_ENGINE_HOME": f"/tmp/ee-bench-{namespace}", "EMAIL_ENGINE_LOG_LEVEL": "WARNING"}
+    worker = subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=env, cwd=ROOT,  # noqa: ASYNC220
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    conn = await asyncpg.connect(url)
+    try:
+        await asyncio.sleep(2.0)  # the worker connects and its supervisor starts polling
+        cpu0, _ = _proc_stats(worker.pid)
+        started = time.perf_counter()
+        await campaigns.transition(conn, 1, campaign_id, "start")
+        peak = 0
+        while True:
+            status = await conn.fetchval("SELECT status::text FROM campaigns WHERE id = $1", campaign_id)
+            cpu, hwm = _proc_stats(worker.pid)
+            peak = max(peak, hwm)
+            if status == "completed":
+                break
+            if worker.poll() is not None:
+                raise SystemExit("the worker exited during the campaign")
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        injected = await conn.fetchval("SELECT count(*) FROM sends WHERE campaign_id = $1 AND status = 'injected'",
+                                       campaign_id)
+        if injected != contacts:
+            raise SystemExit(f"only {injected} of {contacts} sends were injected")
+        return {"rate": contacts / elapsed, "cpu_us": (cpu - cpu0) / contacts * 1e6, "rss_mb": peak / 1024,
+                "seconds": elapsed}
+    finally:
+        await conn.close()
+        os.killpg(worker.pid, 15)
+        worker.wait(30)
+
+
+async def _campaign(args: argparse.Namespace, port: int) -> dict[str, float]:
+    import asyncpg
+    from redis.asyncio import Redis
+
+    name = f"ee_bench_campaign_{os.getpid()}"
+    namespace = f"eebench{os.getpid()}"
+    admin = await asyncpg.connect(BENCH_DB)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = _with_db(BENCH_DB, name)
+        campaign_id = await _prepare_campaign(url, args.contacts)
+        return await _run_campaign(url, campaign_id, port, namespace, args.contacts, args.connections)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+        redis = Redis.from_url(BENCH_REDIS)
+        async for key in redis.scan_iter(match=f"{namespace}:*"):
+            await redis.delete(key)
+        await redis.aclose()
+
+
 def campaign_bench(args: argparse.Namespace) -> None:
-    sys.exit("campaign benchmark (part 2) is not written yet")
+    """50,000 contacts in nine languages over 50 IPs, from start until every send row is final."""
+    ensure_postfix_tools()
+    port = free_port()
+    sink = start_sink(port)
+    try:
+        result = asyncio.run(_campaign(args, port))
+        source = bench_smtp_source(port, min(args.contacts, 50_000), args.size, args.connections)
+    finally:
+        stop_sink(sink)
+    ratio = result["rate"] / source
+    print(f"whole campaign: {args.contacts:,} contacts, 9 languages, 50 IPs, {args.connections} connections")
+    print(f"(a) smtp-source (C):   {source:10,.0f} msgs/s")
+    print(f"(b) campaign:          {result['rate']:10,.0f} msgs/s   {result['seconds']:.1f} s start->final"
+          f"   {result['cpu_us']:.0f} µs worker CPU/msg   worker peak RSS {result['rss_mb']:.0f} MB")
+    print(f"ratio campaign / smtp-source = {ratio:.2f} (target >= {CAMPAIGN_TARGET})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,6 +312,9 @@ def main(argv: list[str] | None = None) -> None:
     injector.add_argument("--skip-aiosmtplib", action="store_true")
     injector.set_defaults(run=injector_bench)
     campaign = commands.add_parser("campaign", help="a whole campaign end to end (part 2)")
+    campaign.add_argument("--contacts", type=int, default=50_000)
+    campaign.add_argument("--size", type=int, default=4096, help="smtp-source message size (baseline)")
+    campaign.add_argument("--connections", type=int, default=8)
     campaign.set_defaults(run=campaign_bench)
     args = parser.parse_args(argv if argv is not None else (sys.argv[1:] or ["injector"]))
     args.run(args)

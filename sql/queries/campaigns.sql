@@ -62,7 +62,7 @@ RETURNING status::text;
 
 -- name: active-campaigns
 -- What workers should be sending now: started campaigns whose time has come.
-SELECT id FROM campaigns
+SELECT id, transport::text AS transport FROM campaigns
 WHERE status IN ('scheduled', 'sending') AND (send_at IS NULL OR send_at <= now())
 ORDER BY id;
 
