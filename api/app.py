@@ -22,12 +22,15 @@ from api import (
     campaigns,
     contacts,
     data_sources,
+    domains,
     health,
     imports,
+    ips,
     suppressions,
     templates,
     tenants,
     unsubscribe,
+    warmup,
 )
 from api.auth import PUBLIC_PATHS, BearerAuth, principal
 from api.errors import HANDLERS
@@ -63,7 +66,7 @@ def provide_settings(state: State) -> Settings:
 def controllers() -> Sequence[Any]:
     """Every route of the API; each noun's module exposes `ROUTES`."""
     return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES,
-            *suppressions.ROUTES, *templates.ROUTES]
+            *suppressions.ROUTES, *templates.ROUTES, *ips.ROUTES, *domains.ROUTES, *warmup.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),
