@@ -201,7 +201,8 @@ async def test_openapi_operations_have_ids_and_descriptions(client) -> None:
 
 # --- seed -----------------------------------------------------------------------------------------------
 
-COUNTS = ["tenants", "ips", "domains", "tags", "data_sources", "mailwizz_instances", "warmup_plans", "domain_ips"]
+COUNTS = ["tenants", "ips", "domains", "tags", "data_sources", "mailwizz_instances", "warmup_plans", "domain_ips",
+          "email_templates"]
 
 
 async def test_seed_is_complete_and_idempotent(db: asyncpg.Connection) -> None:
@@ -211,6 +212,7 @@ async def test_seed_is_complete_and_idempotent(db: asyncpg.Connection) -> None:
     first = {t: await db.fetchval(f"SELECT count(*) FROM {t}") for t in COUNTS}
     assert first["tenants"] == 2 and first["ips"] == 100 and first["domains"] == 100
     assert first["tags"] == 32 and first["data_sources"] == 8 and first["mailwizz_instances"] == 2
+    assert first["email_templates"] == 20  # per tenant: nine general starters + the seed's Cold - Avocat FR
     assert await seed(db) == [1, 2]
     assert {t: await db.fetchval(f"SELECT count(*) FROM {t}") for t in COUNTS} == first
     addresses = [r["address"] for r in await db.fetch("SELECT host(address) AS address FROM ips")]
