@@ -138,7 +138,6 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
     """Send a campaign until it is done, paused, cancelled, or `stop` is set; return why it stopped."""
     stop = stop or asyncio.Event()
     last_recovery = 0.0
-    book: TemplateBook | None = None
     while not stop.is_set():
         state = await ctx.pool.fetchrow(q("campaign-run-state"), campaign_id)
         if state is None:
@@ -168,8 +167,8 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
         if room <= 0:
             await _sleep(stop, min(day_left, ctx.tuning.max_wait))
             continue
-        if book is None:
-            book = await load_template_book(ctx.pool, camp.tenant_id)
+        # A fresh book per batch: a template edited mid-campaign is used from the next batch on.
+        book = await load_template_book(ctx.pool, camp.tenant_id)
         rows = await sends.claim(ctx.pool, campaign_id, ctx.worker_id, int(min(ctx.tuning.batch, room)))
         if not rows:
             if await campaigns.complete_if_done(ctx.pool, campaign_id):
@@ -299,7 +298,9 @@ async def _inject_chunk(ctx: Context, campaign: Campaign, chunk: list[tuple[Prep
             bounced.append(p.row.email)
     await sends.record(ctx.pool, outcomes)
     if bounced:
-        await suppression.suppress_bounces(ctx.pool, campaign.tenant_id, bounced)
+        # RFC 3463 5.1.x: the mailbox does not exist. Never mail it again, from any campaign of the tenant.
+        async with ctx.pool.acquire() as db, db.transaction():
+            await suppression.add_suppressions(db, campaign.tenant_id, bounced, reason="hard_bounce", source="smtp")
 
 
 def _outcome(ctx: Context, row: sends.Claimed, result: SendResult) -> sends.Outcome:

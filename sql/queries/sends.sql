@@ -54,10 +54,14 @@ WHERE id = ANY($1::bigint[]) AND status = 'claimed';
 -- Rows held by workers that are no longer alive. 'claimed' rows were never handed to SMTP and go back
 -- safely; 'sending' rows were in flight when their worker died: they go back too (no contact is lost) and
 -- are counted, because PowerMTA may already have accepted them.
-WITH orphans AS (
-    UPDATE sends SET status = 'queued', claimed_by = NULL, claimed_at = NULL
+WITH held AS (
+    SELECT id, status FROM sends
     WHERE campaign_id = $1 AND status IN ('claimed', 'sending') AND NOT (claimed_by = ANY($2::text[]))
-    RETURNING (status = 'sending') AS in_flight
+    FOR UPDATE SKIP LOCKED
+), orphans AS (
+    UPDATE sends s SET status = 'queued', claimed_by = NULL, claimed_at = NULL
+    FROM held WHERE s.id = held.id
+    RETURNING (held.status = 'sending') AS in_flight
 ), counted AS (
     SELECT count(*) FILTER (WHERE in_flight) AS in_flight, count(*) AS total FROM orphans
 ), bump AS (

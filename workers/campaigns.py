@@ -1,0 +1,118 @@
+"""Campaign sending in the worker: a supervisor that runs every active campaign, and the SMTP injector.
+
+Each worker process runs one sending loop per active campaign; loops on different workers share a campaign's
+rows through `FOR UPDATE SKIP LOCKED`. A heartbeat key per worker in Redis tells the others which claims
+belong to a dead worker, so its rows are requeued (and its in-flight chunk counted) without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Any
+
+from engine import dispatch, ips
+from engine.rotation import Rotator
+from sql import q
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY = 2.0
+HEARTBEAT_TTL = 10      # a worker silent this long is dead: its claims are recovered
+SUPERVISE_EVERY = 0.5
+
+
+def heartbeat_key(namespace: str, worker_id: str) -> str:
+    return f"{namespace}:worker:{worker_id}"
+
+
+async def live_workers(redis: Any, namespace: str) -> list[str]:
+    prefix = f"{namespace}:worker:"
+    return [k.decode()[len(prefix):] async for k in redis.scan_iter(match=prefix + "*", count=500)]
+
+
+def make_transport(settings: Any) -> Any:
+    from pmta.inject import Injector
+
+    return Injector(settings.pmta_host or "127.0.0.1", settings.pmta_port, pool_size=settings.pmta_pool_size,
+                    helo=socket.getfqdn() or "localhost")
+
+
+async def on_startup(ctx: dict) -> None:
+    settings = ctx["settings"]
+    ns = settings.redis_namespace
+    worker_id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+    redis = ctx["redis_client"]
+    pool = ctx["pool"]
+    stop = asyncio.Event()
+    transport = ctx.get("transport") or make_transport(settings)
+    run = dispatch.Context(
+        pool=pool, redis=redis, namespace=ns, worker_id=worker_id, transport=transport,
+        rotator=Rotator(ns, ips.used_today_callback(pool)),
+        secret_key=ctx["secret_key"], public_url=settings.public_url,
+        live_workers=lambda: live_workers(redis, ns),
+        **({"tuning": ctx["dispatch_tuning"]} if "dispatch_tuning" in ctx else {}),
+        **({"retry_delay": ctx["retry_delay"]} if "retry_delay" in ctx else {}),
+    )
+    await redis.set(heartbeat_key(ns, worker_id), "1", ex=HEARTBEAT_TTL)
+    loops: dict[int, asyncio.Task] = {}
+    ctx["campaigns"] = {"stop": stop, "run": run, "loops": loops, "transport": transport,
+                        "tasks": [asyncio.create_task(_heartbeat(run, stop), name="heartbeat"),
+                                  asyncio.create_task(_supervise(run, stop, loops), name="campaign-supervisor")]}
+    log.info("campaign sender %s ready (PowerMTA %s:%s)", worker_id, settings.pmta_host, settings.pmta_port)
+
+
+async def on_shutdown(ctx: dict) -> None:
+    state = ctx.get("campaigns")
+    if not state:
+        return
+    state["stop"].set()
+    for task in state["tasks"]:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(task, 30)
+    run: dispatch.Context = state["run"]
+    with contextlib.suppress(Exception):
+        await run.rotator.close(run.redis)
+        await run.redis.delete(heartbeat_key(run.namespace, run.worker_id))
+    await state["transport"].close()
+
+
+async def _heartbeat(run: dispatch.Context, stop: asyncio.Event) -> None:
+    key = heartbeat_key(run.namespace, run.worker_id)
+    while not stop.is_set():
+        with contextlib.suppress(Exception):  # Redis restarting: keep trying, claims are safe meanwhile
+            await run.redis.set(key, "1", ex=HEARTBEAT_TTL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), HEARTBEAT_EVERY)
+
+
+async def _supervise(run: dispatch.Context, stop: asyncio.Event, loops: dict[int, asyncio.Task]) -> None:
+    """Keep one sending loop per active PowerMTA campaign in this worker."""
+    while not stop.is_set():
+        try:
+            active = [r["id"] for r in await run.pool.fetch(q("active-campaigns"))
+                      if r["transport"] == "pmta"]
+            for campaign_id in active:
+                task = loops.get(campaign_id)
+                if task is None or task.done():
+                    loops[campaign_id] = asyncio.create_task(_run(run, campaign_id, stop), name=f"campaign-{campaign_id}")
+        except Exception:
+            log.exception("campaign supervisor: will retry")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SUPERVISE_EVERY)
+    await asyncio.gather(*loops.values(), return_exceptions=True)
+
+
+async def _run(run: dispatch.Context, campaign_id: int, stop: asyncio.Event) -> None:
+    try:
+        reason = await dispatch.run_campaign(run, campaign_id, stop=stop)
+        log.info("campaign %s: sending loop ended (%s)", campaign_id, reason)
+    except Exception:
+        log.exception("campaign %s: sending loop failed; the supervisor restarts it", campaign_id)
+        await asyncio.sleep(1)
+
+
+FUNCTIONS: list = []
