@@ -66,8 +66,8 @@ async def running_worker(settings, **ctx: Any) -> AsyncIterator[Any]:
             await task
 
 
-async def wait_for_status(db: asyncpg.Connection, campaign_id: int, status: str, *, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for_status(db: asyncpg.Connection, campaign_id: int, status: str, *, within: float = 60) -> None:
+    deadline = time.monotonic() + within
     current = None
     while time.monotonic() < deadline:
         current = await db.fetchval("SELECT status::text FROM campaigns WHERE id = $1", campaign_id)
@@ -75,7 +75,7 @@ async def wait_for_status(db: asyncpg.Connection, campaign_id: int, status: str,
             return
         await asyncio.sleep(0.1)
     counts = await db.fetch("SELECT status::text, count(*) FROM sends WHERE campaign_id = $1 GROUP BY 1", campaign_id)
-    raise AssertionError(f"campaign {campaign_id} is {current}, not {status}, after {timeout}s: {counts}")
+    raise AssertionError(f"campaign {campaign_id} is {current}, not {status}, after {within}s: {counts}")
 
 
 async def create_and_start(client, headers, **fields: Any) -> int:

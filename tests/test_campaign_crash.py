@@ -51,7 +51,7 @@ async def test_sigkill_mid_campaign_loses_nothing(client, admin, seeded, db: asy
             await first.wait()
             killed_at = len(server.messages)
             second = await _worker(settings, server, tmp_path)
-            await wait_for_status(db, campaign_id, "completed", timeout=120)
+            await wait_for_status(db, campaign_id, "completed", within=120)
         finally:
             for proc in (first, second):
                 if proc is not None and proc.returncode is None:
