@@ -26,6 +26,7 @@ from api import (
     health,
     imports,
     ips,
+    mailwizz,
     suppressions,
     templates,
     tenants,
@@ -66,7 +67,8 @@ def provide_settings(state: State) -> Settings:
 def controllers() -> Sequence[Any]:
     """Every route of the API; each noun's module exposes `ROUTES`."""
     return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES,
-            *suppressions.ROUTES, *templates.ROUTES, *ips.ROUTES, *domains.ROUTES, *warmup.ROUTES]
+            *suppressions.ROUTES, *templates.ROUTES, *ips.ROUTES, *domains.ROUTES, *warmup.ROUTES,
+            *mailwizz.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),
