@@ -106,4 +106,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         if raw is not None and raw.strip() != "":
             values[field] = parse(var, raw.strip())
     values.update(overrides)
+    if "public_url" not in values:
+        # Links in emails point at this API unless a public address is configured.
+        values["public_url"] = f"http://{values.get('http_host', '127.0.0.1')}:{values.get('http_port', 8000)}"
     return Settings(**values)
