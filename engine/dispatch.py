@@ -25,7 +25,7 @@ import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
-from engine import campaigns, ips, messages, sends, suppression, unsubscribe
+from engine import campaigns, ips, messages, quotas, sends, suppression, unsubscribe
 from engine.campaigns import Campaign, SendStatus
 from engine.layout import render_email
 from engine.providers import default_cap, provider_for_mx
@@ -215,13 +215,18 @@ async def process_batch(ctx: Context, campaign: Campaign, tz: str, book: Templat
     now = _now()
     day = today_in_timezone(tz, now).isoformat()
     day_ends_in = seconds_until_tomorrow(tz, now)
+    wait = 0.0
+    unpicked: list[int] = []
+    allowed = await _campaign_tokens(ctx, campaign, tz, day, len(ready))
+    if allowed < len(ready):
+        unpicked.extend(p.row.id for p in ready[allowed:])
+        ready = ready[:allowed]
+        wait = day_ends_in
     candidates = await ips.sending_candidates(ctx.pool, campaign.tenant_id, today_in_timezone(tz, now))
     by_provider: dict[str, list[Prepared]] = {}
     for p in ready:
         by_provider.setdefault(p.provider, []).append(p)
-    wait = 0.0
     picked: list[tuple[Prepared, int, str]] = []
-    unpicked: list[int] = []
     for provider, group in by_provider.items():
         picks = await ctx.rotator.pick(ctx.redis, campaign.tenant_id, candidates, len(group), day=day,
                                        day_ends_in=day_ends_in, provider=provider,
@@ -235,12 +240,32 @@ async def process_batch(ctx: Context, campaign: Campaign, tz: str, book: Templat
         if len(picks) < len(group):
             unpicked.extend(p.row.id for p in group[len(picks):])
             wait = max(wait, 0.2)
+    if campaign.daily_cap is not None and len(picked) < len(ready):
+        await quotas.refund(ctx.redis, f"{ctx.namespace}:campaign", campaign.id, day, len(ready) - len(picked))
     await sends.release(ctx.pool, unpicked)
 
     step = ctx.tuning.chunk
     for start in range(0, len(picked), step):
         await _inject_chunk(ctx, campaign, picked[start:start + step])
     return 0.0 if not unpicked else (wait if math.isfinite(wait) else ctx.tuning.max_wait)
+
+
+async def _campaign_tokens(ctx: Context, campaign: Campaign, tz: str, day: str, n: int) -> int:
+    """How many of `n` messages the campaign's daily cap still allows, taken atomically across workers.
+
+    The cap is a token bucket like an IP's quota (same Lua script, its own key space), rebuilt from the send
+    log if Redis loses it, so any number of workers together stop at the cap.
+    """
+    if campaign.daily_cap is None or n == 0:
+        return n
+
+    async def used_today(campaign_id: int, on_day: str) -> int:
+        midnight = dt.datetime.combine(dt.date.fromisoformat(on_day), dt.time(), ZoneInfo(tz))
+        return await ctx.pool.fetchval(q("injected-since"), campaign_id, midnight)
+
+    grant = await quotas.take(ctx.redis, f"{ctx.namespace}:campaign", campaign.id, day, n,
+                              daily_quota=campaign.daily_cap, used_today=used_today)
+    return grant.granted
 
 
 def _check(row: sends.Claimed, blocked: set[str]) -> str | None:

@@ -116,3 +116,31 @@ async def test_pause_resume_and_cancel(client, admin, seeded, db: asyncpg.Connec
             await wait_for_status(db, campaign_id, "completed")
         got = [r for m in server.messages for r in m.rcpt_tos]
     assert len(got) == len(set(got)) == 400
+
+
+async def test_daily_cap_and_sending_window(client, admin, seeded, db: asyncpg.Connection, settings) -> None:
+    import asyncio
+    import datetime as dt
+
+    await add_contacts(client, admin, 60)
+    await mark_valid(db)
+    await use_ips(db, 1, [1, 1])
+    now = dt.datetime.now(dt.UTC)
+    closed = {"start": (now + dt.timedelta(hours=2)).strftime("%H:%M"),
+              "end": (now + dt.timedelta(hours=3)).strftime("%H:%M"), "timezone": "UTC"}
+    async with SmtpTestServer() as server:
+        async with running_worker(_settings_for(settings, server), dispatch_tuning=FAST):
+            capped = await create_and_start(client, admin, daily_cap=25)
+            outside = await create_and_start(client, admin, name="Window", window=closed)
+            for _ in range(100):
+                if await db.fetchval("SELECT count(*) FROM sends WHERE campaign_id = $1 AND status = 'injected'",
+                                     capped) >= 25:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.5)  # several more loop turns: nothing past the cap, nothing outside the window
+        received = [r for m in server.messages for r in m.rcpt_tos]
+    assert len(received) == 25
+    counts = dict(await db.fetch("SELECT campaign_id, count(*) FROM sends WHERE status = 'injected' GROUP BY 1"))
+    assert counts == {capped: 25}
+    assert await db.fetchval("SELECT status::text FROM campaigns WHERE id = $1", capped) == "sending"
+    assert await db.fetchval("SELECT count(*) FROM sends WHERE campaign_id = $1", outside) == 60
