@@ -175,9 +175,10 @@ async def used_today(db: asyncpg.Connection | asyncpg.Pool, ip_id: int, day_star
     return await db.fetchval(q("ips-used-between"), ip_id, day_start_utc, day_end_utc)
 
 
-def used_today_callback(pool: asyncpg.Pool | asyncpg.Connection) -> quotas.UsedToday:
+def used_today_callback(pool: asyncpg.Pool) -> quotas.UsedToday:
     """The `used_today(ip_id, day)` the quota script rebuilds from: `day` is the ISO date in the IP's tenant's
-    timezone, and the day's bounds are computed in SQL from that timezone."""
+    timezone, and the day's bounds are computed in SQL from that timezone. A pool, not one connection: the
+    rotator rebuilds several IPs' counters at once."""
 
     async def count(ip_id: int, day: str) -> int:
         return await pool.fetchval(q("ips-used-on-day"), ip_id, dt.date.fromisoformat(day))
