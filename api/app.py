@@ -106,6 +106,7 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
             version="2.0.0",
             description=DESCRIPTION,
             path="/schema",
+            create_examples=True,
             render_plugins=[SwaggerRenderPlugin(), RedocRenderPlugin(), ScalarRenderPlugin()],
             components=Components(security_schemes={
                 "bearer": SecurityScheme(type="http", scheme="bearer", description="admin or tenant API key"),
