@@ -195,6 +195,7 @@ async def test_openapi_operations_have_ids_and_descriptions(client) -> None:
     for path, method, op in ops:
         assert op.get("operationId"), (path, method)
         assert op.get("description"), (path, method)
+        assert "example" in str(op), (path, method)  # parameters, bodies or responses carry examples
     for page in ("swagger", "redoc", "scalar"):
         assert (await client.get(f"/schema/{page}")).status_code == 200
 
