@@ -23,6 +23,7 @@ from api import (
     contacts,
     data_sources,
     domains,
+    feedback,
     health,
     imports,
     ips,
@@ -68,7 +69,7 @@ def controllers() -> Sequence[Any]:
     """Every route of the API; each noun's module exposes `ROUTES`."""
     return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES,
             *suppressions.ROUTES, *templates.ROUTES, *ips.ROUTES, *domains.ROUTES, *warmup.ROUTES,
-            *mailwizz.ROUTES]
+            *mailwizz.ROUTES, *feedback.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),

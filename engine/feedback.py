@@ -1,0 +1,262 @@
+"""Feedback from the MTA: delivery, bounce and complaint records applied to the send log and suppression list."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import asyncpg
+import msgspec
+
+from engine import suppression
+from engine.validation import normalise_email
+from sql import q
+
+# What a bounce category means for the contact: PowerMTA's categories (powermta.md §10) mapped per the
+# reference's recommended engine default (§10.1, after maarten-postmastery/pmtabounce):
+#   suppress - the address is dead: suppress it at once (hard_bounce);
+#   soft     - the mailbox may come back: suppressed only after SOFT_BOUNCE_LIMIT such bounces;
+#   signal   - a sender/reputation problem, not the contact's: the send is bounced (the warmup counts it per
+#              IP), the address stays mailable.
+# A category not listed (custom `<bounce-category-patterns>` names) counts as a signal.
+BOUNCE_ACTIONS: dict[str, str] = {
+    "bad-mailbox": "suppress",
+    "bad-domain": "suppress",
+    "inactive-mailbox": "suppress",
+    "quota-issues": "soft",
+    "no-answer-from-host": "soft",
+    "relaying-issues": "soft",
+    "routing-errors": "soft",
+    "spam-related": "signal",
+    "policy-related": "signal",
+    "content-related": "signal",
+    "bad-connection": "signal",
+    "invalid-sender": "signal",
+    "protocol-errors": "signal",
+    "message-expired": "signal",
+    "virus-related": "signal",
+    "bad-configuration": "signal",
+    "other": "signal",
+}
+# pmtabounce disables an address after 5 soft bounces (powermta.md §10.1).
+SOFT_BOUNCE_LIMIT = 5
+SOFT_CATEGORIES = [c for c, action in BOUNCE_ACTIONS.items() if action == "soft"]
+# When a file carries no bounceCat column: the status-code half of PowerMTA's shipped patterns (§10).
+STATUS_CATEGORIES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^[45]\.1\.1\b"), "bad-mailbox"),
+    (re.compile(r"^[45]\.1\.2\b"), "bad-domain"),
+    (re.compile(r"^[45]\.4\.7\b"), "message-expired"),
+    (re.compile(r"^[45]\.7\.1\b"), "policy-related"),
+)
+# ARF Feedback-Types (RFC 5965 §7.3, RFC 6591) that are not a recipient's complaint; everything else is,
+# including an empty type (JMRP and AOL's SComp reports often carry none).
+NOT_COMPLAINTS = frozenset({"not-spam", "auth-failure"})
+
+# Which send statuses each record may move a row from. A delivery never overwrites a bounce; a bounce may
+# follow a delivery (remote bounces, `rb`, arrive after the receiving MTA accepted the message). 'sending'
+# is included: after a worker crash the row is ambiguous, and the MTA's record settles it.
+DELIVERABLE = ("sending", "injected", "deferred")
+BOUNCEABLE = ("sending", "injected", "deferred", "delivered")
+# Rows that really went out: only their bounces and complaints may suppress an address.
+SENT = ("sending", "injected", "deferred", "delivered", "bounced")
+
+DETAIL_MAX = 1000
+_BOUNCE_ADDRESS = re.compile(r"^bounce-(\d{1,18})@", re.IGNORECASE)
+_SMTP_CODE = re.compile(r"(?:^|;)\s*([2-5]\d\d)\b")
+SOURCE = "pmta-accounting"
+
+
+class Record(Protocol):
+    """The fields of an accounting record this module reads (pmta.accounting.AccountingRecord has them)."""
+
+    type: str
+    time_logged: dt.datetime | None
+    orig: str
+    rcpt: str
+    dsn_action: str
+    dsn_status: str
+    dsn_diag: str
+    bounce_cat: str
+    job_id: str
+    envid: str
+    feedback_type: str
+    extra: Mapping[str, str]
+
+
+class FeedbackReport(msgspec.Struct, frozen=True, kw_only=True):
+    """Counts of one application; re-applying the same records changes nothing and counts them `unchanged`."""
+
+    records: int = 0
+    delivered: int = 0          # rows that became delivered
+    bounced: int = 0            # rows that became bounced
+    complaints: int = 0         # rows that got complained_at
+    transient: int = 0          # injected rows whose last deferral reason was recorded
+    suppressed: int = 0         # suppression entries added or upgraded (hard bounces, soft limit, complaints)
+    unchanged: int = 0          # matched a send row but changed nothing (seen before, or the row is final)
+    unmatched: int = 0          # no send id in the record, or no such send row
+    mismatched: int = 0         # the send row's recipient or campaign differs from the record's: not ours
+    ignored: int = 0            # record types with no consequence (tq, r, delayed rs, not-spam reports)
+
+    def plus(self, other: FeedbackReport) -> FeedbackReport:
+        return FeedbackReport(**{f: getattr(self, f) + getattr(other, f) for f in self.__struct_fields__})
+
+
+class AccountingFile(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    size: int
+    bytes_applied: int
+    lines_applied: int
+    header: str | None
+    applied_at: dt.datetime | None
+
+
+def send_id(record: Record) -> int | None:
+    """The send row a record is about: ENVID, else the X-Envelope-Id header, else the VERP bounce address."""
+    header = next((v for k, v in record.extra.items() if k.lower() == "header_x-envelope-id"), "")
+    for candidate in (record.envid.strip(), header.strip()):
+        if candidate.isdigit() and len(candidate) <= 18:
+            return int(candidate)
+    match = _BOUNCE_ADDRESS.match(record.orig.strip())
+    return int(match.group(1)) if match else None
+
+
+def category(record: Record) -> str:
+    if record.bounce_cat:
+        return record.bounce_cat.lower()
+    for pattern, name in STATUS_CATEGORIES:
+        if pattern.match(record.dsn_status):
+            return name
+    return "other"
+
+
+def _outcome(record: Record) -> tuple[int | None, str, str]:
+    """(SMTP code, enhanced status, detail) as the send log stores them."""
+    match = _SMTP_CODE.search(record.dsn_diag)
+    return (int(match.group(1)) if match else None, record.dsn_status.split(" ", 1)[0] or "",
+            record.dsn_diag[:DETAIL_MAX])
+
+
+def _action(record: Record) -> str:
+    """delivered | bounced | transient | complaint | ignored."""
+    kind = record.type
+    if kind == "d":
+        return "delivered"
+    if kind in ("b", "rb"):
+        return "bounced"
+    if kind == "rs":
+        action = record.dsn_action.lower()
+        return "delivered" if action in ("delivered", "relayed", "expanded") else (
+            "bounced" if action == "failed" else "ignored")
+    if kind == "t":
+        return "transient"
+    if kind == "f":
+        return "ignored" if record.feedback_type.lower() in NOT_COMPLAINTS else "complaint"
+    return "ignored"
+
+
+def _ours(record: Record, row: asyncpg.Record) -> bool:
+    """The record names the row's campaign and recipient, when it names them at all."""
+    if record.job_id and record.job_id.strip() != str(row["campaign_id"]):
+        return False
+    if record.rcpt and row["email"] is not None:
+        rcpt = normalise_email(record.rcpt) or record.rcpt.strip().lower()
+        if rcpt != row["email"]:
+            return False
+    return True
+
+
+async def apply_records(db: asyncpg.Connection, records: Sequence[Record]) -> FeedbackReport:
+    """Apply one batch set-based: a read of the send rows, one UPDATE per outcome, one upsert per tenant."""
+    if not records:
+        return FeedbackReport()
+    ids = [(r, send_id(r)) for r in records]
+    rows = {row["id"]: row for row in await db.fetch(q("feedback-send-rows"), list({i for _, i in ids if i}))}
+    # The last record of a kind per row wins (file order is time order).
+    chosen: dict[str, dict[int, Record]] = defaultdict(dict)
+    unmatched = mismatched = ignored = 0
+    for record, sid in ids:
+        action = _action(record)
+        row = rows.get(sid) if sid is not None else None
+        if action == "ignored":
+            ignored += 1
+        elif row is None:
+            unmatched += 1
+        elif not _ours(record, row):
+            mismatched += 1
+        else:
+            chosen[action][sid] = record
+    delivered = await _mark(db, "feedback-mark-delivered", chosen["delivered"])
+    bounced_rows = await _mark(db, "feedback-mark-bounced", chosen["bounced"], with_category=True)
+    transient = await _mark(db, "feedback-mark-transient", chosen["transient"])
+    complained = await db.fetch(q("feedback-mark-complained"), list(chosen["complaint"]),
+                                [r.time_logged for r in chosen["complaint"].values()])
+    suppressed = await _suppress(db, rows, chosen)
+    changed = len(delivered) + len(bounced_rows) + len(transient) + len(complained)
+    matched_records = len(records) - unmatched - mismatched - ignored
+    return FeedbackReport(records=len(records), delivered=len(delivered), bounced=len(bounced_rows),
+                          complaints=len(complained), transient=len(transient), suppressed=suppressed,
+                          unchanged=max(matched_records - changed, 0), unmatched=unmatched,
+                          mismatched=mismatched, ignored=ignored)
+
+
+async def _mark(db: asyncpg.Connection, query: str, chosen: dict[int, Record], *,
+                with_category: bool = False) -> list[asyncpg.Record]:
+    if not chosen:
+        return []
+    outcomes = [_outcome(r) for r in chosen.values()]
+    args = [list(chosen), [r.time_logged for r in chosen.values()], [o[0] for o in outcomes],
+            [o[1] for o in outcomes], [o[2] for o in outcomes]]
+    if with_category:
+        args.append([category(r) for r in chosen.values()])
+    return await db.fetch(q(query), *args)
+
+
+async def _suppress(db: asyncpg.Connection, rows: Mapping[int, asyncpg.Record],
+                    chosen: Mapping[str, dict[int, Record]]) -> int:
+    """Hard bounces and complaints suppress the contact's stored address in the send row's tenant."""
+    hard: dict[int, list[str]] = defaultdict(list)
+    soft: dict[int, list[int]] = defaultdict(list)
+    complaints: dict[int, list[str]] = defaultdict(list)
+    for sid, record in chosen["bounced"].items():
+        row = rows[sid]
+        if row["status"] not in SENT or row["email"] is None:
+            continue
+        action = BOUNCE_ACTIONS.get(category(record), "signal")
+        if action == "suppress":
+            hard[row["tenant_id"]].append(row["email"])
+        elif action == "soft":
+            soft[row["tenant_id"]].append(row["contact_id"])
+    for sid in chosen["complaint"]:
+        row = rows[sid]
+        if row["status"] in SENT and row["email"] is not None:
+            complaints[row["tenant_id"]].append(row["email"])
+    for tenant_id, contact_ids in soft.items():
+        worn = await db.fetch(q("feedback-soft-bounced-contacts"), tenant_id, contact_ids, SOFT_CATEGORIES,
+                              SOFT_BOUNCE_LIMIT)
+        hard[tenant_id].extend(r["email"] for r in worn)
+    total = 0
+    for reason, by_tenant in (("hard_bounce", hard), ("complaint", complaints)):
+        for tenant_id, emails in by_tenant.items():
+            report = await suppression.add_suppressions(db, tenant_id, emails, reason=reason, source=SOURCE)
+            total += report.added + report.upgraded
+    return total
+
+
+async def accounting_file(db: asyncpg.Connection, name: str) -> AccountingFile:
+    """How far a file has been applied (nothing yet: offset 0)."""
+    row = await db.fetchrow(q("feedback-get-accounting-file"), name)
+    if row is None:
+        return AccountingFile(name=name, size=0, bytes_applied=0, lines_applied=0, header=None, applied_at=None)
+    return AccountingFile(**row)
+
+
+async def save_accounting_file(db: asyncpg.Connection, name: str, *, size: int, bytes_applied: int,
+                               lines_applied: int, header: str | None) -> None:
+    await db.execute(q("feedback-save-accounting-file"), name, size, bytes_applied, lines_applied, header)
+
+
+async def list_accounting_files(db: asyncpg.Connection, limit: int = 100) -> list[AccountingFile]:
+    return [AccountingFile(**r) for r in await db.fetch(q("feedback-list-accounting-files"), limit)]
