@@ -9,6 +9,7 @@ from typing import Annotated
 
 from litestar import Request, get, post
 from litestar.datastructures import State
+from litestar.openapi.spec import Example
 from litestar.params import QueryParameter
 
 from api.deps import Caller, Config, Db
@@ -40,9 +41,9 @@ def _uploads(home: Path) -> Path:
                   "Applying the same records twice changes nothing.")
 async def ingest_pmta_accounting(
     request: Request, state: State, caller: Caller, settings: Config,
-    name: Annotated[str | None, QueryParameter(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._-]+$",
-                                               examples=[], description="the file's name, e.g. "
-                                               "acct-2024-05-01-0000.csv")] = None,
+    name: Annotated[str | None, QueryParameter(
+        min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._-]+$", examples=[Example(value="acct-2024-05-01-0000.csv")],
+        description="PowerMTA's name of the file: tracked, so sending it again applies only what is new")] = None,
 ) -> IngestReport:
     caller.require_admin()
     path = _uploads(settings.home) / f"{secrets.token_hex(12)}.csv"
@@ -63,7 +64,8 @@ async def ingest_pmta_accounting(
      summary="Accounting files applied so far", tags=["feedback"],
      description="Admin only. Each tracked file with how far it has been applied, most recent first.")
 async def list_pmta_accounting_files(db: Db, caller: Caller,
-                                     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100) -> list[AccountingFile]:
+                                     limit: Annotated[int, QueryParameter(ge=1, le=1000,
+                                                                          examples=[Example(value=100)])] = 100) -> list[AccountingFile]:
     caller.require_admin()
     return await feedback.list_accounting_files(db, limit)
 
