@@ -12,6 +12,7 @@ from arq.connections import ArqRedis
 from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.logging.config import LoggingConfig
 from litestar.middleware.base import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, ScalarRenderPlugin, SwaggerRenderPlugin
@@ -88,7 +89,8 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
             await app.state.redis.aclose()
             await app.state.pool.close()
 
-    api = Router(path="/api/v2", route_handlers=[*controllers(), *extra_routes])
+    # Only /api/v2 asks for a key; /health, /ready and the unsubscribe pages are public.
+    api = Router(path="/api/v2", route_handlers=[*controllers(), *extra_routes], security=[{"bearer": []}])
     return Litestar(
         route_handlers=[health.health, health.ready, *unsubscribe.ROUTES, api],
         lifespan=[lifespan],
@@ -101,6 +103,8 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
         },
         middleware=[DefineMiddleware(BearerAuth, exclude=[f"^{p}" for p in PUBLIC_PATHS])],
         exception_handlers=HANDLERS,
+        # The process (email-engine's CLI, or the host application) owns the root logger and its format.
+        logging_config=LoggingConfig(configure_root_logger=False),
         request_max_body_size=MAX_BODY,
         openapi_config=OpenAPIConfig(
             title="email-engine",
@@ -112,7 +116,6 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
             components=Components(security_schemes={
                 "bearer": SecurityScheme(type="http", scheme="bearer", description="admin or tenant API key"),
             }),
-            security=[{"bearer": []}],
         ),
         debug=debug,
     )

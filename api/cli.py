@@ -187,6 +187,8 @@ def _setup_logging(settings: Settings) -> None:
     logging.getLogger("arq").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
     # pgserver narrates initdb and pg_ctl at INFO; one line from engine.embedded says the same.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # The PowerMTA stand-in (aiosmtpd) logs every SMTP command at INFO; the outbox already keeps each message.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="platformdirs")
 
 

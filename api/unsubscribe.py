@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import html
 
-from litestar import MediaType, Request, Response, get, post
+from litestar import MediaType, Request, Response, get, head, post
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 
 from api.deps import Config, RedisClient
 from api.suppressions import enqueue_propagation
@@ -102,7 +103,7 @@ def _invalid() -> Response:
 
 
 @get("/u/{token:str}", operation_id="unsubscribePage", summary="Unsubscribe confirmation page",
-     tags=["unsubscribe"], security=[],
+     tags=["unsubscribe"],
      description="Public; the signed token is the credential. Shows a page in the contact's language with a "
                  "button that POSTs back here. Never unsubscribes by itself (link scanners follow GETs). "
                  "404 for a token that is not ours.")
@@ -111,8 +112,18 @@ async def unsubscribe_page(token: str, state: State) -> Response:
     return _invalid() if read is None else _html(confirmation_page(token, read))
 
 
+@head("/u/{token:str}", operation_id="unsubscribePageHead", summary="Check an unsubscribe link",
+      tags=["unsubscribe"],
+      description="Public. What GET answers, without the page: 200 for a token of ours, 404 otherwise. Link "
+                  "checkers and mail-security proxies probe links this way; it never unsubscribes.",
+      responses={404: ResponseSpec(None, description="a token that is not ours")})
+async def unsubscribe_page_head(token: str, state: State) -> Response[None]:
+    status = 404 if read_token(state.secret_key, token) is None else 200
+    return Response(None, status_code=status, media_type=MediaType.HTML, headers=PAGE_HEADERS)
+
+
 @post("/u/{token:str}", operation_id="unsubscribe", summary="Unsubscribe (RFC 8058 one-click)",
-      tags=["unsubscribe"], status_code=200, security=[],
+      tags=["unsubscribe"], status_code=200,
       description="Public; the signed token is the credential. Suppresses the token's address at once with "
                   "reason `unsubscribe` (idempotent). Mailbox providers POST `List-Unsubscribe=One-Click` "
                   "(application/x-www-form-urlencoded) and get a plain 200; the confirmation page's button "
@@ -136,4 +147,4 @@ async def unsubscribe(token: str, request: Request, state: State, redis: RedisCl
     return _html(done_page(read))
 
 
-ROUTES = [unsubscribe_page, unsubscribe]
+ROUTES = [unsubscribe_page, unsubscribe_page_head, unsubscribe]

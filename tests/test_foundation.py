@@ -200,6 +200,16 @@ async def test_openapi_operations_have_ids_and_descriptions(client) -> None:
         assert (await client.get(f"/schema/{page}")).status_code == 200
 
 
+async def test_openapi_marks_only_the_api_as_needing_a_key(client) -> None:
+    spec = (await client.get("/schema/openapi.json")).json()
+    assert "bearer" in spec["components"]["securitySchemes"]
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            wanted = [{"bearer": []}] if path.startswith("/api/v2/") else None
+            assert op.get("security") == wanted, (path, method)
+    assert {"/health", "/ready", "/u/{token}"} <= set(spec["paths"])
+
+
 # --- seed -----------------------------------------------------------------------------------------------
 
 COUNTS = ["tenants", "ips", "domains", "tags", "data_sources", "mailwizz_instances", "warmup_plans", "domain_ips",

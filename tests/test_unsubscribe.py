@@ -118,6 +118,11 @@ async def test_get_shows_the_page_in_the_contacts_language_and_does_not_unsubscr
     assert "lecteur@example.fr" in page and f'<form method="post" action="{token}">' in page
     assert r.headers["cache-control"] == "no-store" and r.headers["referrer-policy"] == "no-referrer"
     assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
+    # link checkers probe with HEAD: the same status, no page, nothing written
+    r = await client.head(f"/u/{token}")
+    assert r.status_code == 200 and r.content == b"" and r.headers["cache-control"] == "no-store"
+    assert (await client.head(f"/u/{token[:-2]}zz")).status_code == 404
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
     # the page's button posts an empty form: unsubscribed, and told so in French
     r = await client.post(f"/u/{token}", content=b"", headers=ONE_CLICK)
     assert r.status_code == 200 and "Désinscription confirmée" in r.text and 'lang="fr"' in r.text
