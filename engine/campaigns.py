@@ -175,7 +175,7 @@ async def _check_templates(db: asyncpg.Connection, tenant_id: int, templates: di
         return
     ids = list(templates.values())
     found = {r["id"] for r in await db.fetch(
-        "SELECT id FROM email_templates WHERE tenant_id = $1 AND id = ANY($2::bigint[])", tenant_id, ids)}
+        "SELECT id FROM email_templates WHERE tenant_id = $1 AND id = ANY($2::bigint[]) AND deleted_at IS NULL", tenant_id, ids)}
     for lang, template_id in templates.items():
         if template_id not in found:
             raise Invalid(f"templates.{lang}: template {template_id} not found", field=f"templates.{lang}")

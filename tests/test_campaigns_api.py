@@ -77,6 +77,15 @@ async def test_bad_drafts_name_the_field(client, admin, seeded) -> None:
     assert r.status_code in (400, 404)
 
 
+async def test_a_deleted_template_cannot_be_named(client, admin, seeded, db: asyncpg.Connection) -> None:
+    template_id = await db.fetchval("SELECT min(id) FROM email_templates WHERE tenant_id = 1")
+    r = await client.post("/api/v2/campaigns", json={**DRAFT, "templates": {"fr": template_id}}, headers=admin)
+    assert r.status_code == 201, r.text
+    assert (await client.delete(f"/api/v2/templates/1/{template_id}", headers=admin)).status_code == 204
+    r = await client.post("/api/v2/campaigns", json={**DRAFT, "templates": {"fr": template_id}}, headers=admin)
+    assert r.status_code == 400 and r.json()["field"] == "templates.fr", r.text
+
+
 async def test_tenant_isolation(client, admin, seeded) -> None:
     sos = await tenant_key(client, admin, 1)
     ulixai = await tenant_key(client, admin, 2)
