@@ -124,15 +124,21 @@ async def list_contact_events(tenant_id: TenantId, contact_id: ContactId, db: Db
 @patch("/contacts/{tenant_id:int}/{contact_id:int}", operation_id="patchContact", summary="Change a contact",
        tags=["contacts"],
        description="Change fields, add or remove tags, or set the status by hand (with a `reason`, recorded in "
-                   "the contact's events). The email cannot change: it is the contact's identity.")
-async def patch_contact(tenant_id: TenantId, contact_id: ContactId, data: JSONBody[ContactPatch], db: Db,
-                        caller: Caller) -> Contact:
+                   "the contact's events). The email cannot change: it is the contact's identity. A contact set back "
+                   "to `pending` is validated again in the background.")
+async def patch_contact(tenant_id: TenantId, contact_id: ContactId, data: JSONBody[ContactPatch], state: State,
+                        caller: Caller, redis: RedisClient, settings: Config) -> Contact:
     caller.scope(tenant_id)
     changes = {f: getattr(data, f) for f in contacts.EDITABLE if getattr(data, f) is not msgspec.UNSET}
     if "custom" in changes and changes["custom"] is None:
         changes["custom"] = {}
-    return await contacts.patch_contact(db, tenant_id, contact_id, changes, add_tags=data.add_tags,
-                                        remove_tags=data.remove_tags, status=data.status, reason=data.reason)
+    # Our own transaction: a contact set back to pending is validated again, by a job enqueued after commit.
+    async with state.pool.acquire() as db, db.transaction():
+        contact = await contacts.patch_contact(db, tenant_id, contact_id, changes, add_tags=data.add_tags,
+                                               remove_tags=data.remove_tags, status=data.status, reason=data.reason)
+    if data.status == "pending":
+        await enqueue_validation(redis, settings, {tenant_id: [contact_id]})
+    return contact
 
 
 @delete("/contacts/{tenant_id:int}/{contact_id:int}", operation_id="eraseContact", summary="Erase a contact",

@@ -17,6 +17,13 @@ from sql import q
 # `pending` until it is re-ingested or an operator acts. Never `invalid`: an outage says nothing about it.
 RETRY_DELAYS = (60, 300, 900, 3600, 6 * 3600)
 
+# The sweep's view of a pending contact: past its retry delay plus SWEEP_GRACE, no job is coming for it
+# (a Redis restart without persistence drops the queue; an operator set it back to pending), so the sweep
+# enqueues it again. A contact whose DNS retries ran out is tried again once every GIVE_UP_RETRY seconds.
+SWEEP_GRACE = 1800
+GIVE_UP_RETRY = 24 * 3600
+SWEEP_LIMIT = 20_000
+
 # The name of the campaigns side's job that pushes outbox rows to MailWizz (it reads `mailwizz_outbox`).
 MAILWIZZ_PUSH_JOB = "push_contacts_to_mailwizz"
 
@@ -78,6 +85,15 @@ async def _with_vendor(verdicts: list[Verdict], policy: Policy) -> tuple[list[Ve
                     reasons=(*v.reasons, f"{policy.provider}_{answer.vendor_status}"),
                     suggestion=v.suggestion or answer.suggestion)
     return out, used
+
+
+async def stale_pending(db: asyncpg.Connection, *, limit: int = SWEEP_LIMIT) -> dict[int, list[int]]:
+    """Pending contacts that no queued job will validate, per tenant, ids ascending (oldest change first)."""
+    rows = await db.fetch(q("stale-pending-contacts"), [0, *RETRY_DELAYS], GIVE_UP_RETRY, SWEEP_GRACE, limit)
+    stale: dict[int, list[int]] = {}
+    for r in rows:
+        stale.setdefault(r["tenant_id"], []).append(r["id"])
+    return {tenant_id: sorted(ids) for tenant_id, ids in stale.items()}
 
 
 async def validate_contacts(db: asyncpg.Connection, tenant_id: int, contact_ids: list[int], *,

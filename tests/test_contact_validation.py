@@ -118,3 +118,51 @@ async def test_dns_outage_stays_pending_and_is_retried_later(database_url, seede
         await resolver.close()
         await arq.aclose()
         await pool.close()
+
+
+async def test_a_contact_set_back_to_pending_is_validated_again(client, sos, settings, dns, db, redis) -> None:
+    ids = await ingest(client, sos, ["good@mx.example"])
+    await redis.delete(settings.queue_name)          # the ingest's job, not needed here
+    contact = f"/api/v2/contacts/1/{ids['good@mx.example']}"
+    r = await client.patch(contact, headers=sos, json={"status": "invalid", "reason": "bounced last year"})
+    assert r.status_code == 200 and await redis.zcard(settings.queue_name) == 0
+    await db.execute("UPDATE contacts SET validation_tries = 3")
+    r = await client.patch(contact, headers=sos, json={"status": "pending", "reason": "check it again"})
+    assert r.status_code == 200 and r.json()["status"] == "pending"
+    assert await db.fetchval("SELECT validation_tries FROM contacts") == 0
+    assert await redis.zcard(settings.queue_name) == 1
+    await run_worker(settings, dns)
+    assert await statuses(db) == {"good@mx.example": "valid"}
+
+
+async def test_sweep_requeues_pending_contacts_no_job_will_see(database_url, seeded, settings, dns, db,
+                                                               redis) -> None:
+    # (tenant, email, status, validation_tries, minutes since the last change)
+    cases = [(1, "lost@mx.example", "pending", 0, 60),            # its job vanished with Redis: swept
+             (1, "fresh@mx.example", "pending", 0, 5),            # its job is surely still queued
+             (1, "waiting@mx.example", "pending", 2, 20),         # a 5-minute DNS retry, within the grace
+             (1, "late@mx.example", "pending", 2, 60),            # that retry never came: swept
+             (1, "gaveup@mx.example", "pending", 6, 120),         # retries ran out today: left until tomorrow
+             (1, "yesterday@mx.example", "pending", 6, 2 * 1440), # ran out two days ago: swept
+             (1, "done@mx.example", "risky", 0, 2 * 1440),        # not pending
+             (2, "other@mx.example", "pending", 0, 60)]           # another tenant: its own job
+    for i, (tenant_id, email, status, tries, minutes) in enumerate(cases):
+        await db.execute("INSERT INTO contacts (tenant_id, email, email_hash, status, validation_tries, updated_at) "
+                         "VALUES ($1, $2, $3, $4::contact_status, $5, now() - make_interval(mins => $6))",
+                         tenant_id, email, bytes([i + 1]), status, tries, minutes)
+    pool = await dbm.create_pool(database_url, min_size=1, max_size=2)
+    arq = ArqRedis(ConnectionPool.from_url(settings.redis_url), default_queue_name=settings.queue_name)
+    ctx = {"pool": pool, "redis": arq, "settings": settings}
+    try:
+        assert await contact_jobs.sweep_pending_contacts(ctx) == {"contacts": 4, "jobs": 2}
+        # the next sweep finds the same contacts, their jobs still queued: nothing is queued twice
+        assert await contact_jobs.sweep_pending_contacts(ctx) == {"contacts": 4, "jobs": 0}
+        assert await redis.zcard(settings.queue_name) == 2
+    finally:
+        await arq.aclose()
+        await pool.close()
+    await run_worker(settings, dns)
+    assert await statuses(db) == {
+        "lost@mx.example": "valid", "fresh@mx.example": "pending", "waiting@mx.example": "pending",
+        "late@mx.example": "valid", "gaveup@mx.example": "pending", "yesterday@mx.example": "valid",
+        "done@mx.example": "risky", "other@mx.example": "valid"}

@@ -1,8 +1,10 @@
-"""Contact jobs: validate a batch, run a CSV import."""
+"""Contact jobs: validate a batch, run a CSV import, and sweep up pending contacts that no job will see."""
 
 from __future__ import annotations
 
 import logging
+
+from arq import cron
 
 from engine import contact_validation, imports
 from engine.validation import make_resolver
@@ -11,6 +13,7 @@ log = logging.getLogger(__name__)
 
 VALIDATE_JOB = "validate_contacts"
 IMPORT_JOB = "import_contacts"
+SWEEP_BATCH = 1000
 
 
 async def on_startup(ctx: dict) -> None:
@@ -48,4 +51,32 @@ async def import_contacts(ctx: dict, import_id: int) -> None:
     await imports.run_import(ctx["pool"], import_id, on_batch=validate)
 
 
-FUNCTIONS = [validate_contacts, import_contacts]
+async def sweep_pending_contacts(ctx: dict) -> dict:
+    """Enqueue validation again for pending contacts whose job was lost or whose DNS retries ran out.
+
+    Job ids name the batch, so a batch still queued from the last sweep is not queued twice; a contact in
+    two jobs is validated once, since the job only takes contacts still pending.
+    """
+    async with ctx["pool"].acquire() as db:
+        stale = await contact_validation.stale_pending(db)
+    queue = ctx["settings"].queue_name
+    contacts = jobs = 0
+    for tenant_id, ids in stale.items():
+        for start in range(0, len(ids), SWEEP_BATCH):
+            batch = ids[start:start + SWEEP_BATCH]
+            # arq's job keys are global: the queue's name keeps two engines sharing a Redis apart
+            job_id = f"{queue}:revalidate:{tenant_id}:{batch[0]}:{batch[-1]}"
+            job = await ctx["redis"].enqueue_job(VALIDATE_JOB, tenant_id, batch, _queue_name=queue, _job_id=job_id)
+            contacts += len(batch)
+            jobs += job is not None
+    if contacts:
+        log.info("validation sweep: %d pending contacts found without a job, %d jobs enqueued", contacts, jobs)
+    return {"contacts": contacts, "jobs": jobs}
+
+
+def cron_jobs(settings: object) -> list:
+    # Every ten minutes; unique: one sweep at a time across workers.
+    return [cron(sweep_pending_contacts, minute=set(range(0, 60, 10)), unique=True, run_at_startup=False)]
+
+
+FUNCTIONS = [validate_contacts, import_contacts, sweep_pending_contacts]

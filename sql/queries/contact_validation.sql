@@ -42,3 +42,12 @@ outbox AS (
     ON CONFLICT (contact_id) DO NOTHING
 )
 SELECT id, status, validation_tries FROM done ORDER BY id;
+
+-- name: stale-pending-contacts
+-- Pending contacts no job is about to validate: unchanged for longer than the delay their try count calls
+-- for ($1 indexed by tries + 1; past its end, $2) plus a grace ($3). Oldest change first, at most $4.
+SELECT tenant_id, id FROM contacts
+WHERE status = 'pending' AND email IS NOT NULL
+  AND updated_at < now() - make_interval(secs => coalesce(($1::int[])[validation_tries + 1], $2) + $3)
+ORDER BY updated_at
+LIMIT $4;

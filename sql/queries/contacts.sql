@@ -171,22 +171,36 @@ FOR UPDATE;
 -- name: update-contact
 UPDATE contacts SET data_source_id = $3, first_name = $4, last_name = $5, company = $6, website = $7,
        country = $8, language = $9, category = $10, custom = $11, status = $12::contact_status,
+       -- set back to pending by hand: validation starts over, with no DNS outage counted against it
+       validation_tries = CASE WHEN $12::contact_status = 'pending' AND status <> 'pending' THEN 0
+                               ELSE validation_tries END,
        updated_at = now()
 WHERE tenant_id = $1 AND id = $2;
 
 -- name: erase-contact
 -- Erasure (GDPR art. 17): every personal field goes, the address hash stays so the address is refused if
--- anyone imports it again. Tags and a pending MailWizz push go too; events hold no personal data.
-WITH erased AS (
-    UPDATE contacts SET email = NULL, first_name = NULL, last_name = NULL, company = NULL, website = NULL,
+-- anyone imports it again. Tags and a pending MailWizz push go too, and so does the text of every rejected
+-- import line of the tenant's that names the address; events hold no personal data.
+WITH target AS (
+    SELECT id, lower(email) AS email FROM contacts
+    WHERE tenant_id = $1 AND id = $2 AND status <> 'erased'
+    FOR UPDATE
+),
+erased AS (
+    UPDATE contacts c SET email = NULL, first_name = NULL, last_name = NULL, company = NULL, website = NULL,
            country = NULL, language = NULL, category = NULL, custom = '{}'::jsonb, status = 'erased',
            score = NULL, reasons = '{}', suggestion = NULL, mx_host = NULL, mailwizz_subscriber_uid = NULL,
            updated_at = now()
-    WHERE tenant_id = $1 AND id = $2 AND status <> 'erased'
-    RETURNING id
+    FROM target t WHERE c.id = t.id
+    RETURNING c.id
 ),
 untag AS (DELETE FROM contact_tags WHERE contact_id IN (SELECT id FROM erased)),
-unqueue AS (DELETE FROM mailwizz_outbox WHERE contact_id IN (SELECT id FROM erased))
+unqueue AS (DELETE FROM mailwizz_outbox WHERE contact_id IN (SELECT id FROM erased)),
+unreject AS (
+    UPDATE import_rejects r SET raw = NULL
+    FROM imports i, target t
+    WHERE i.tenant_id = $1 AND r.import_id = i.id AND strpos(lower(r.raw), t.email) > 0
+)
 SELECT id FROM erased;
 
 -- name: list-contact-events
