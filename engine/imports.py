@@ -227,7 +227,9 @@ async def _flush(pool: asyncpg.Pool, import_id: int, tenant_id: int, batch: list
         report = await contacts.ingest(db, good, tenant_id=tenant_id)
         for result in report.results:
             if result.outcome == "rejected":
-                rejects.append((lines[result.index], result.reason, _raw(kept[result.index])))
+                # an erased address's line is reported by number only: its text is what was erased
+                erased = (result.reason or "").startswith("erased")
+                rejects.append((lines[result.index], result.reason, None if erased else _raw(kept[result.index])))
         if rejects:
             await db.execute(q("add-import-rejects"), import_id, *map(list, zip(*rejects, strict=True)))
         await db.execute(q("advance-import"), import_id, len(batch), report.created, report.updated,

@@ -112,3 +112,26 @@ async def test_file_without_email_column_fails_the_import_with_a_reason(client, 
     await run_worker(settings)
     p = (await progress(client, sos, r.json()["id"]))["progress"]
     assert p["status"] == "failed" and "email" in p["error"]
+
+
+async def test_erasure_scrubs_rejected_lines_and_a_reimport_keeps_no_text(client, sos, settings, db) -> None:
+    text = ("email,first_name\n"
+            "Dora@Example.fr,Dora\n"
+            "dora@example.fr,Dora,extra field\n"       # rejected, its text names Dora
+            "eve@example.fr,Eve,extra field\n")        # rejected, names someone else
+    r = await client.post("/api/v2/contacts/import", content=text.encode(),
+                          headers={**sos, "content-type": "text/csv"})
+    await run_worker(settings)
+    raws = {x["line"]: x["raw"] for x in (await progress(client, sos, r.json()["id"]))["rejects"]}
+    assert "dora@example.fr" in raws[3] and "eve@example.fr" in raws[4]
+    dora = await db.fetchval("SELECT id FROM contacts WHERE email = 'dora@example.fr'")
+    assert (await client.delete(f"/api/v2/contacts/1/{dora}", headers=sos)).status_code == 204
+    raws = {x["line"]: x["raw"] for x in (await progress(client, sos, r.json()["id"]))["rejects"]}
+    assert raws == {3: None, 4: "eve@example.fr,Eve,extra field"}
+    # importing the erased address again: refused, reported by line number and reason, its text not kept
+    r = await client.post("/api/v2/contacts/import", content=b"email,first_name\nDORA@example.fr,Dora\n",
+                          headers={**sos, "content-type": "text/csv"})
+    await run_worker(settings)
+    got = await progress(client, sos, r.json()["id"])
+    assert [(x["line"], x["reason"].split(":")[0], x["raw"]) for x in got["rejects"]] == [(2, "erased", None)]
+    assert await db.fetchval("SELECT count(*) FROM import_rejects WHERE raw ILIKE '%dora%'") == 0
