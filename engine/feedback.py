@@ -18,7 +18,8 @@ from sql import q
 # What a bounce category means for the contact: PowerMTA's categories (powermta.md §10) mapped per the
 # reference's recommended engine default (§10.1, after maarten-postmastery/pmtabounce):
 #   suppress - the address is dead: suppress it at once (hard_bounce);
-#   soft     - the mailbox may come back: suppressed only after SOFT_BOUNCE_LIMIT such bounces;
+#   soft     - the mailbox may come back: suppressed only after SOFT_BOUNCE_LIMIT such bounces in a row
+#              (a delivery in between starts the count again);
 #   signal   - a sender/reputation problem, not the contact's: the send is bounced (the warmup counts it per
 #              IP), the address stays mailable.
 # A category not listed (custom `<bounce-category-patterns>` names) counts as a signal.

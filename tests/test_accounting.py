@@ -293,6 +293,23 @@ async def test_soft_bounces_suppress_at_the_fifth(db, seeded, pool) -> None:
         assert listed == (None if n < feedback.SOFT_BOUNCE_LIMIT - 1 else "hard_bounce")
 
 
+async def test_a_delivery_between_soft_bounces_starts_the_count_again(db, seeded, pool) -> None:
+    async def one_campaign(kind: str) -> None:
+        sent = await make_campaign(db, ("cat",))
+        cat = {"cat": "quota-issues"} if kind == "b" else {}
+        async with pool.acquire() as conn, conn.transaction():
+            await feedback.apply_records(conn, list(parse(crlf(HEADER, rec(kind, sent["cat"], "cat", **cat)))))
+
+    async def listed() -> str | None:
+        return await db.fetchval("SELECT reason::text FROM suppressions WHERE value = 'cat@inbox.example'")
+
+    for kind in ["b"] * (feedback.SOFT_BOUNCE_LIMIT - 1) + ["d"] + ["b"] * (feedback.SOFT_BOUNCE_LIMIT - 1):
+        await one_campaign(kind)
+    assert await listed() is None   # eight soft bounces, never five in a row
+    await one_campaign("b")
+    assert await listed() == "hard_bounce"
+
+
 async def test_records_only_reach_the_send_rows_tenant(db, seeded, pool) -> None:
     ours = await make_campaign(db, ("ann",), tenant_id=1)
     theirs = await make_campaign(db, ("ann",), tenant_id=2)

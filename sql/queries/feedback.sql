@@ -47,13 +47,16 @@ WHERE s.id = u.id AND s.complained_at IS NULL
 RETURNING s.id;
 
 -- name: feedback-soft-bounced-contacts
--- Contacts of one tenant whose soft bounces (over every campaign) reached the limit; sends_contact serves
--- the lookup by contact.
+-- Contacts of one tenant whose soft bounces in a row reached the limit: only bounces of messages sent after
+-- the contact's last delivered one count (a mailbox full once a year is not a dead one). Send ids follow
+-- the order campaigns were sent in; sends_contact serves both lookups by contact.
 SELECT c.email
 FROM sends s
 JOIN contacts c ON c.id = s.contact_id AND c.tenant_id = s.tenant_id
 WHERE s.tenant_id = $1 AND s.contact_id = ANY($2::bigint[]) AND s.status = 'bounced'
   AND s.bounce_category = ANY($3::text[]) AND c.email IS NOT NULL
+  AND s.id > coalesce((SELECT max(d.id) FROM sends d
+                       WHERE d.tenant_id = s.tenant_id AND d.contact_id = s.contact_id AND d.status = 'delivered'), 0)
 GROUP BY c.email
 HAVING count(*) >= $4;
 
