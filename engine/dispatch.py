@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 
 from engine import campaigns, ips, messages, quotas, sends, suppression, unsubscribe
 from engine.campaigns import Campaign, SendStatus
+from engine.errors import Invalid
 from engine.layout import render_email
 from engine.providers import default_cap, provider_for_mx
 from engine.rendering import MissingVariable, TemplateRejected, render_context
@@ -244,9 +245,7 @@ async def process_batch(ctx: Context, campaign: Campaign, tz: str, book: Templat
         await quotas.refund(ctx.redis, f"{ctx.namespace}:campaign", campaign.id, day, len(ready) - len(picked))
     await sends.release(ctx.pool, unpicked)
 
-    step = ctx.tuning.chunk
-    for start in range(0, len(picked), step):
-        await _inject_chunk(ctx, campaign, picked[start:start + step])
+    await _inject(ctx, campaign, picked)
     return 0.0 if not unpicked else (wait if math.isfinite(wait) else ctx.tuning.max_wait)
 
 
@@ -299,33 +298,71 @@ def _prepare(ctx: Context, campaign: Campaign, book: TemplateBook, row: sends.Cl
                     token=token, provider=provider_for_mx(row.mx_host))
 
 
-async def _inject_chunk(ctx: Context, campaign: Campaign, chunk: list[tuple[Prepared, int, str]]) -> None:
-    outgoing: list[OutgoingMessage] = []
-    in_flight: list[sends.InFlight] = []
-    for p, ip_id, vmta in chunk:
+class Chunk(msgspec.Struct, kw_only=True):
+    """Messages built for one chunk, ready for the transport."""
+
+    rows: list[sends.Claimed]
+    outgoing: list[OutgoingMessage]
+    in_flight: list[sends.InFlight]
+    refused: list[sends.Outcome]      # rows whose message could not be built: failed, never sent
+
+
+async def _inject(ctx: Context, campaign: Campaign, picked: list[tuple[Prepared, int, str]]) -> None:
+    """Hand the picked rows to the transport one chunk at a time, as a pipeline.
+
+    The statement that marks a chunk as sending also records the results of the chunk before it, so a
+    crash leaves at most one chunk ambiguous (in flight), and the next chunk's messages are built while
+    the current one is on the wire.
+    """
+    step = ctx.tuning.chunk
+    pieces = [picked[start:start + step] for start in range(0, len(picked), step)]
+    if not pieces:
+        return
+    results_so_far: list[sends.Outcome] = []
+    chunk = _build_chunk(ctx, campaign, pieces[0])
+    for i in range(len(pieces)):
+        await sends.advance(ctx.pool, [*results_so_far, *chunk.refused], ctx.worker_id, chunk.in_flight)
+        sending = asyncio.ensure_future(ctx.transport.send_many(chunk.outgoing))
+        upcoming = None
+        if i + 1 < len(pieces):
+            await asyncio.sleep(0)  # the chunk reaches the connections first
+            upcoming = _build_chunk(ctx, campaign, pieces[i + 1])
+        results = await sending
+        results_so_far = [_outcome(ctx, row, result) for row, result in zip(chunk.rows, results, strict=True)]
+        # RFC 3463 5.1.x: the mailbox does not exist. Never mail it again, from any campaign of the tenant.
+        bounced = [row.email for row, result in zip(chunk.rows, results, strict=True)
+                   if result.outcome is Outcome.HARD and result.enhanced.startswith("5.1.")]
+        if bounced:
+            async with ctx.pool.acquire() as db, db.transaction():
+                await suppression.add_suppressions(db, campaign.tenant_id, bounced, reason="hard_bounce",
+                                                   source="smtp")
+        if upcoming is not None:
+            chunk = upcoming
+    await sends.record(ctx.pool, results_so_far)
+
+
+def _build_chunk(ctx: Context, campaign: Campaign, piece: list[tuple[Prepared, int, str]]) -> Chunk:
+    chunk = Chunk(rows=[], outgoing=[], in_flight=[], refused=[])
+    for p, ip_id, vmta in piece:
         envelope = str(p.row.id)
         headers = unsubscribe.list_unsubscribe_headers(ctx.public_url, p.token)
         headers["Feedback-ID"] = f"{campaign.id}:{campaign.tenant_id}:email-engine"
-        data, mid = messages.build_message(
-            from_name=campaign.from_name, from_email=campaign.from_email, to_email=p.row.email,
-            subject=p.subject, html=p.html, text=p.text, envelope_id=envelope, campaign_id=campaign.id,
-            reply_to=campaign.reply_to, headers=headers)
-        outgoing.append(OutgoingMessage(envelope_id=envelope, mail_from=messages.bounce_address(envelope, campaign.from_email),
-                                        rcpt_to=p.row.email, data=data, vmta=vmta))
-        in_flight.append(sends.InFlight(id=p.row.id, ip_id=ip_id, vmta=vmta, template_id=p.template_id,
-                                        template_version=p.template_version, message_id=mid, language=p.language))
-    await sends.mark_sending(ctx.pool, ctx.worker_id, in_flight)
-    results = await ctx.transport.send_many(outgoing)
-    outcomes, bounced = [], []
-    for (p, _, _), result in zip(chunk, results, strict=True):
-        outcomes.append(_outcome(ctx, p.row, result))
-        if result.outcome is Outcome.HARD and result.enhanced.startswith("5.1."):
-            bounced.append(p.row.email)
-    await sends.record(ctx.pool, outcomes)
-    if bounced:
-        # RFC 3463 5.1.x: the mailbox does not exist. Never mail it again, from any campaign of the tenant.
-        async with ctx.pool.acquire() as db, db.transaction():
-            await suppression.add_suppressions(db, campaign.tenant_id, bounced, reason="hard_bounce", source="smtp")
+        try:
+            data, mid = messages.build_message(
+                from_name=campaign.from_name, from_email=campaign.from_email, to_email=p.row.email,
+                subject=p.subject, html=p.html, text=p.text, envelope_id=envelope, campaign_id=campaign.id,
+                reply_to=campaign.reply_to, headers=headers)
+        except Invalid as exc:  # a header the checks refuse (a line break): never sent
+            chunk.refused.append(sends.Outcome(id=p.row.id, status=SendStatus.FAILED, attempted=0,
+                                               detail=f"message: {exc.message}"))
+            continue
+        chunk.rows.append(p.row)
+        chunk.outgoing.append(OutgoingMessage(envelope_id=envelope, rcpt_to=p.row.email, data=data, vmta=vmta,
+                                              mail_from=messages.bounce_address(envelope, campaign.from_email)))
+        chunk.in_flight.append(sends.InFlight(id=p.row.id, ip_id=ip_id, vmta=vmta, template_id=p.template_id,
+                                              template_version=p.template_version, message_id=mid,
+                                              language=p.language))
+    return chunk
 
 
 def _outcome(ctx: Context, row: sends.Claimed, result: SendResult) -> sends.Outcome:

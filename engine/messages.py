@@ -60,7 +60,9 @@ def format_address(name: str | None, address: str) -> str:
 
 
 def _b64_body(text: str) -> bytes:
-    return base64.encodebytes(text.encode()).replace(b"\n", b"\r\n")
+    """Base64 in CRLF-terminated lines of 76 characters (RFC 2045 §6.8), encoded in one call."""
+    encoded = base64.b64encode(text.encode())
+    return b"".join([encoded[i:i + 76] + b"\r\n" for i in range(0, len(encoded), 76)])
 
 
 _date_cache: tuple[int, str] = (0, "")

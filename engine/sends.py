@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -31,7 +32,7 @@ class Claimed(msgspec.Struct, kw_only=True):
 
 
 class InFlight(msgspec.Struct, frozen=True, kw_only=True):
-    """What mark-sending writes for one row about to be handed to SMTP."""
+    """What record-and-mark writes for one row about to be handed to SMTP."""
 
     id: int
     ip_id: int | None
@@ -43,7 +44,7 @@ class InFlight(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
-    """What record-outcomes writes for one row."""
+    """What record-and-mark writes for one row whose attempt is over."""
 
     id: int
     status: str
@@ -58,18 +59,22 @@ async def claim(db: asyncpg.Connection | asyncpg.Pool, campaign_id: int, worker_
     return [Claimed(**r) for r in await db.fetch(q("claim-sends"), campaign_id, worker_id, n)]
 
 
-async def mark_sending(db: asyncpg.Connection | asyncpg.Pool, worker_id: str, rows: list[InFlight]) -> None:
-    await db.execute(q("mark-sending"), [r.id for r in rows], [r.ip_id for r in rows], [r.vmta for r in rows],
-                     [r.template_id for r in rows], [r.template_version for r in rows],
-                     [r.message_id for r in rows], [r.language for r in rows], worker_id)
+async def advance(db: asyncpg.Connection | asyncpg.Pool, outcomes: Sequence[Outcome], worker_id: str = "",
+                  sending: Sequence[InFlight] = ()) -> None:
+    """Record `outcomes` and mark `sending` as handed to SMTP, in one statement (see record-and-mark)."""
+    if not outcomes and not sending:
+        return
+    await db.execute(q("record-and-mark"), [o.id for o in outcomes], [o.status for o in outcomes],
+                     [o.attempted for o in outcomes], [o.code for o in outcomes], [o.enhanced for o in outcomes],
+                     [o.detail for o in outcomes], [o.next_attempt_at for o in outcomes],
+                     [r.id for r in sending], [r.ip_id for r in sending], [r.vmta for r in sending],
+                     [r.template_id for r in sending], [r.template_version for r in sending],
+                     [r.message_id for r in sending], [r.language for r in sending], worker_id)
 
 
 async def record(db: asyncpg.Connection | asyncpg.Pool, outcomes: list[Outcome]) -> None:
-    if not outcomes:
-        return
-    await db.execute(q("record-outcomes"), [o.id for o in outcomes], [o.status for o in outcomes],
-                     [o.attempted for o in outcomes], [o.code for o in outcomes], [o.enhanced for o in outcomes],
-                     [o.detail for o in outcomes], [o.next_attempt_at for o in outcomes])
+    """Final (or deferred) states of rows no longer in flight."""
+    await advance(db, outcomes)
 
 
 async def release(db: asyncpg.Connection | asyncpg.Pool, ids: list[int]) -> None:

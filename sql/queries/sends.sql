@@ -18,32 +18,38 @@ WHERE s.id = picked.id AND c.id = s.contact_id AND c.tenant_id = s.tenant_id
 RETURNING s.id, s.contact_id, s.attempts, c.email, c.first_name, c.last_name, c.company, c.website, c.country,
           c.language, c.category, c.custom, c.mx_host, c.status::text AS contact_status;
 
--- name: mark-sending
--- Written just before a chunk goes to the SMTP connections: from here a crash leaves the row ambiguous.
--- ip_assigned_at is what rebuilds a day's per-IP quota counter if Redis loses it.
-UPDATE sends s
-SET status = 'sending', ip_id = u.ip_id, vmta = u.vmta, ip_assigned_at = now(),
-    template_id = u.template_id, template_version = u.template_version, message_id = u.message_id,
-    language = u.language
-FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::int[], $6::text[], $7::text[])
-     AS u(id, ip_id, vmta, template_id, template_version, message_id, language)
-WHERE s.id = u.id AND s.claimed_by = $8;
-
--- name: record-outcomes
--- One statement for a whole chunk's SMTP results (and for skipped rows).
-UPDATE sends s
-SET status = u.status::send_status,
-    attempts = s.attempts + u.attempted,
-    smtp_code = u.code,
-    smtp_status = u.enhanced,
-    detail = u.detail,
-    next_attempt_at = u.next_attempt_at,
-    injected_at = CASE WHEN u.status = 'injected' THEN now() ELSE s.injected_at END,
-    finished_at = CASE WHEN u.status IN ('injected', 'failed', 'skipped') THEN now() ELSE NULL END,
-    claimed_by = NULL
-FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::timestamptz[])
-     AS u(id, status, attempted, code, enhanced, detail, next_attempt_at)
-WHERE s.id = u.id;
+-- name: record-and-mark
+-- One statement, one commit: the SMTP results of the chunk just sent ($1..$7; also skipped and failed rows)
+-- and the 'sending' mark of the chunk about to be handed to SMTP ($8..$14, rows this worker ($15) holds).
+-- From the mark on a crash leaves a row ambiguous; recording the previous chunk in the same commit keeps
+-- the ambiguous rows to one chunk. ip_assigned_at is what rebuilds a day's per-IP quota counter if Redis
+-- loses it. Either half may be empty.
+WITH recorded AS (
+    UPDATE sends s
+    SET status = u.status::send_status,
+        attempts = s.attempts + u.attempted,
+        smtp_code = u.code,
+        smtp_status = u.enhanced,
+        detail = u.detail,
+        next_attempt_at = u.next_attempt_at,
+        injected_at = CASE WHEN u.status = 'injected' THEN now() ELSE s.injected_at END,
+        finished_at = CASE WHEN u.status IN ('injected', 'failed', 'skipped') THEN now() ELSE NULL END,
+        claimed_by = NULL
+    FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::timestamptz[])
+         AS u(id, status, attempted, code, enhanced, detail, next_attempt_at)
+    WHERE s.id = u.id
+    RETURNING s.id
+), marked AS (
+    UPDATE sends s
+    SET status = 'sending', ip_id = u.ip_id, vmta = u.vmta, ip_assigned_at = now(),
+        template_id = u.template_id, template_version = u.template_version, message_id = u.message_id,
+        language = u.language
+    FROM unnest($8::bigint[], $9::bigint[], $10::text[], $11::bigint[], $12::int[], $13::text[], $14::text[])
+         AS u(id, ip_id, vmta, template_id, template_version, message_id, language)
+    WHERE s.id = u.id AND s.claimed_by = $15
+    RETURNING s.id
+)
+SELECT (SELECT count(*) FROM recorded) AS recorded, (SELECT count(*) FROM marked) AS marked;
 
 -- name: release-claims
 -- Rows claimed but never handed to SMTP (paused, no quota left): back to the queue, untouched.
