@@ -176,7 +176,7 @@ def _announce(rt: Runtime, settings: Settings, stand) -> None:
             lines.append(f"  new admin key (shown once): {rt.admin_key}")
     if stand:
         lines.append(f"  PowerMTA stand-in: smtp://127.0.0.1:{stand.port}, messages kept in {stand.directory}")
-    else:
+    elif settings.pmta_host is not None:
         lines.append(f"  PowerMTA: smtp://{settings.pmta_host}:{settings.pmta_port}")
     lines.append("  Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)
