@@ -71,7 +71,8 @@ def accepted(line: bytes) -> SendResult:
         queue_id = text.rsplit("queued as ", 1)[1].split(" ", 1)[0]
     elif "id=" in text:  # Exim/PowerMTA style: "ok id=1abc-..."
         queue_id = text.split("id=", 1)[1].split(" ", 1)[0]
-    return SendResult(outcome=Outcome.SENT, code=int(line[:3]), text=text, transport_id=queue_id)
+    return SendResult(outcome=Outcome.SENT, code=int(line[:3]), enhanced=parse_enhanced(text), text=text,
+                      transport_id=queue_id)
 
 
 def lost(reason: str) -> SendResult:

@@ -12,7 +12,7 @@ import pytest
 from engine.retry import MAX_ATTEMPTS, RETRY_DELAYS, next_retry_delay
 from engine.transport import Outcome, OutgoingMessage
 from pmta.inject import Injector
-from pmta.smtp import dot_stuff, parse_enhanced, xtext
+from pmta.smtp import accepted, dot_stuff, parse_enhanced, xtext
 from pmta.standin import start_standin
 from tests.smtpserver import SmtpTestServer
 
@@ -39,6 +39,13 @@ def test_dot_stuff_escapes_leading_dots_and_ends_with_crlf():
     assert dot_stuff(b".a\r\n.\r\nb\r\n..c") == b"..a\r\n..\r\nb\r\n...c\r\n"
     clean = b"no dots here\r\n"
     assert dot_stuff(clean) is clean
+
+
+def test_accepted_keeps_the_enhanced_status_and_the_queue_id():
+    postfix = accepted(b"250 2.0.0 Ok: queued as 4Xyz9\r\n")
+    assert (postfix.code, postfix.enhanced, postfix.transport_id) == (250, "2.0.0", "4Xyz9")
+    pmta = accepted(b"250 ok id=1abc-02\r\n")
+    assert (pmta.code, pmta.enhanced, pmta.transport_id) == (250, "", "1abc-02")
 
 
 def test_parse_enhanced():
