@@ -11,7 +11,7 @@ import asyncio
 import base64
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -312,15 +312,26 @@ class MailWizzClient:
         """One list by uid (MailWizzNotFound if unknown)."""
         return _mail_list(record_of(await self._call("GET", f"lists/{list_uid}")))
 
-    async def all_lists(self, per_page: int = 50) -> list[MailList]:
-        """Every list of the customer, walking the pages (per_page is clamped to 10..50 by the server)."""
-        lists, page = [], 1
+    async def _pages(self, path: str, per_page: int) -> AsyncIterator[Mapping[str, Any]]:
+        """The records of a paged collection, page after page (per_page is clamped to 10..50 by the server)."""
+        page = 1
         while True:
-            data = (await self._call("GET", "lists", query={"page": page, "per_page": per_page}))["data"]
-            lists.extend(_mail_list(r) for r in data.get("records") or [])
+            data = (await self._call("GET", path, query={"page": page, "per_page": per_page}))["data"]
+            for record in data.get("records") or []:
+                yield record
             if not data.get("next_page") or int(data.get("current_page") or page) >= int(data.get("total_pages") or 0):
-                return lists
+                return
             page += 1
+
+    async def all_lists(self, per_page: int = 50) -> list[MailList]:
+        """Every list of the customer."""
+        return [_mail_list(r) async for r in self._pages("lists", per_page)]
+
+    async def subscribers(self, list_uid: str, per_page: int = 50) -> AsyncIterator[Subscriber]:
+        """Every subscriber of a list with its status (confirmed, unsubscribed, blacklisted, ...)."""
+        async for r in self._pages(f"lists/{list_uid}/subscribers", per_page):
+            yield Subscriber(uid=str(r.get("subscriber_uid") or ""), email=str(r.get("EMAIL") or r.get("email") or ""),
+                             status=str(r.get("status") or ""), date_added=str(r.get("date_added") or ""))
 
     async def create_list(self, name: str, *, from_name: str, from_email: str, reply_to: str,
                           subject: str = "", description: str = "",

@@ -39,6 +39,10 @@ PUSH_BATCH = 500
 PUSHABLE = frozenset({"valid", "risky"})
 # One pushed contact holds one subscriber uid; erased contacts (email NULL) are never pushed.
 SWEEP_PAGE = 5_000
+# Subscriber statuses (mailwizz-api.md §7) that mean the engine must not mail the address either, with the
+# suppression reason each becomes: someone who left the list in MailWizz has left the engine too.
+LEFT_IN_MAILWIZZ = {"unsubscribed": "unsubscribe", "blacklisted": "manual"}
+PULL_BATCH = 1_000
 
 
 class MailWizzConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -232,3 +236,34 @@ async def unsubscribe_suppressed(pool: asyncpg.Pool, client: MailWizzClient, ins
         if hits:
             await pool.execute(q("mailwizz-forget-subscriber-uids"), install.tenant_id, [r["id"] for r in hits])
             done += len(hits)
+
+
+async def pull_unsubscribes(pool: asyncpg.Pool, client: MailWizzClient, install: Install) -> int:
+    """Suppress every address the install's list marks unsubscribed or blacklisted; returns how many changed.
+
+    MailWizz's API has no "changed since", so this walks the whole list; the suppression upsert makes a second
+    walk a no-op. The addresses are not propagated back: MailWizz is where they came from.
+    """
+    assert install.list_uid
+    changed = 0
+    waiting: dict[str, list[str]] = {}
+
+    async def flush() -> None:
+        nonlocal changed
+        async with pool.acquire() as db, db.transaction():
+            for reason, emails in waiting.items():
+                report = await suppression.add_suppressions(db, install.tenant_id, emails, reason=reason,
+                                                            source="mailwizz")
+                changed += report.added + report.upgraded
+        waiting.clear()
+
+    async for sub in client.subscribers(install.list_uid):
+        reason = LEFT_IN_MAILWIZZ.get(sub.status)
+        if reason is None or not sub.email:
+            continue
+        waiting.setdefault(reason, []).append(sub.email)
+        if sum(map(len, waiting.values())) >= PULL_BATCH:
+            await flush()
+    if waiting:
+        await flush()
+    return changed

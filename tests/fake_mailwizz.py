@@ -230,15 +230,19 @@ class FakeMailWizz:
         return {"general": {"list_uid": fl.uid, "name": fl.name, "display_name": fl.name,
                             "description": fl.description}, "defaults": fl.defaults}
 
-    def get_lists(self, form: dict, query: dict) -> tuple[int, dict]:
+    @staticmethod
+    def page_of(records: list[dict], query: dict) -> tuple[int, dict]:
+        """MailWizz's paged envelope: per_page clamped to 10..50, next_page null on the last page."""
         per_page = min(50, max(10, int(query.get("per_page", 10))))
         page = max(1, int(query.get("page", 1)))
-        records = [self.list_record(fl) for fl in self.state.lists.values()]
         total_pages = max(1, -(-len(records) // per_page))
         return 200, {"status": "success", "data": {
             "count": str(len(records)), "total_pages": total_pages, "current_page": page,
             "next_page": page + 1 if page < total_pages else None, "prev_page": page - 1 if page > 1 else None,
             "records": records[(page - 1) * per_page: page * per_page]}}
+
+    def get_lists(self, form: dict, query: dict) -> tuple[int, dict]:
+        return self.page_of([self.list_record(fl) for fl in self.state.lists.values()], query)
 
     def get_list(self, form: dict, query: dict, list_uid: str) -> tuple[int, dict]:
         return 200, {"status": "success", "data": {"record": self.list_record(self.mail_list(list_uid))}}
@@ -314,6 +318,12 @@ class FakeMailWizz:
             except Reply as reply:
                 records.append({"status": "error", "error": reply.body["error"], "data": {"EMAIL": item.get("EMAIL")}})
         return 201, {"status": "success", "data": {"records": records}}
+
+    def list_subscribers(self, form: dict, query: dict, list_uid: str) -> tuple[int, dict]:
+        # Records carry the list's fields by TAG (EMAIL, FNAME, ...) beside the subscriber's uid and status.
+        return self.page_of([{"subscriber_uid": sub.uid, "EMAIL": sub.email, **sub.fields, "status": sub.status,
+                              "source": "api", "ip_address": "192.0.2.1", "date_added": "2024-01-01 00:00:00"}
+                             for sub in self.mail_list(list_uid).subscribers.values()], query)
 
     def search_by_email(self, form: dict, query: dict, list_uid: str) -> tuple[int, dict]:
         sub = self.mail_list(list_uid).by_email(query.get("EMAIL", ""))
@@ -443,6 +453,7 @@ ROUTES = [
     ("GET", r"lists/(\w+)/fields", FakeMailWizz.get_fields),
     ("POST", r"lists/(\w+)/fields", FakeMailWizz.create_field),
     ("POST", r"lists/(\w+)/segments", FakeMailWizz.create_segment),
+    ("GET", r"lists/(\w+)/subscribers", FakeMailWizz.list_subscribers),
     ("POST", r"lists/(\w+)/subscribers", FakeMailWizz.create_subscriber),
     ("POST", r"lists/(\w+)/subscribers/bulk", FakeMailWizz.bulk_subscribers),
     ("GET", r"lists/(\w+)/subscribers/search-by-email", FakeMailWizz.search_by_email),

@@ -12,7 +12,7 @@ from engine import db as dbm
 from engine import mailwizz_campaigns, mailwizz_sync, secrets, suppression
 from engine.mailwizz import MailWizzClient, SubscriberIn
 from tests.conftest import SECRET_KEY, tenant_key
-from tests.fake_mailwizz import FakeMailWizz
+from tests.fake_mailwizz import FakeMailWizz, FakeSubscriber
 from workers import mailwizz as jobs
 from workers.main import create_worker
 
@@ -199,6 +199,32 @@ async def test_outbox_push_503_keeps_rows_and_retries(db, fake, list_uid, ctx) -
     assert report["pushed"] == 20 and report["taken"] == 20
     assert await db.fetchval("SELECT count(*) FROM mailwizz_outbox") == 0
     assert all(await uids(db))
+
+
+async def test_unsubscribes_in_mailwizz_are_pulled_back(db, fake, list_uid, ctx) -> None:
+    # 120 subscribers over three pages of 50: every 10th (12) left the list in MailWizz, 5, 55 and 105 were
+    # blacklisted there; two of the leavers are also engine contacts
+    statuses = {i: "unsubscribed" if i % 10 == 0 else "blacklisted" if i % 25 == 5 else "confirmed"
+                for i in range(120)}
+    fake.state.lists[list_uid].subscribers = {
+        f"s{i}": FakeSubscriber(uid=f"s{i}", email=f"Sub{i}@List.example", status=status, fields={})
+        for i, status in statuses.items()}
+    await add_contacts(db, ["sub0@list.example", "sub10@list.example", "sub1@list.example"], languages=["fr"])
+    fake.fail_next(1, 503, retry_after="600")     # MailWizz down: nothing written, the next hour tries again
+    assert str((await jobs.pull_mailwizz_unsubscribes(ctx))[1]).startswith("error")
+    assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
+
+    assert await jobs.pull_mailwizz_unsubscribes(ctx) == {1: 12 + 3}
+    rows = {r["value"]: (r["reason"], r["source"]) for r in await db.fetch(
+        "SELECT value, reason::text, source FROM suppressions WHERE tenant_id = 1")}
+    assert rows == {f"sub{i}@list.example": ("unsubscribe" if s == "unsubscribed" else "manual", "mailwizz")
+                    for i, s in statuses.items() if s != "confirmed"}
+    contacts = dict(await db.fetch("SELECT email, status::text FROM contacts WHERE tenant_id = 1"))
+    assert contacts == {"sub0@list.example": "unsubscribed", "sub10@list.example": "unsubscribed",
+                        "sub1@list.example": "valid"}
+    assert sum(1 for _, path in fake.state.requests if path == f"lists/{list_uid}/subscribers") == 1 + 3
+    assert await jobs.pull_mailwizz_unsubscribes(ctx) == {1: 0}     # a second walk changes nothing
+    assert [c.coroutine for c in jobs.cron_jobs(None)] == [jobs.pull_mailwizz_unsubscribes]   # hourly
 
 
 # --- MailWizz campaigns -----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""MailWizz jobs: push valid contacts as subscribers, and run `mailwizz` campaigns through MailWizz.
+"""MailWizz jobs: push valid contacts as subscribers, run `mailwizz` campaigns through MailWizz, and pull back
+who unsubscribed there (hourly cron).
 
-Both also run on their own in every worker, from a poller started at startup (like the PowerMTA campaign
+The push and the campaigns also run on their own in every worker, from a poller started at startup (like the PowerMTA campaign
 supervisor) rather than as arq crons: a 5-second cron would enqueue a job 17,000 times a day and show up in
 every burst worker's job counts. Concurrent workers are safe: the outbox is taken with SKIP LOCKED and each
 campaign pass holds a PostgreSQL advisory lock.
@@ -14,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from arq import Retry
+from arq import Retry, cron
 
 from engine import mailwizz_campaigns, mailwizz_sync
 from engine.mailwizz_wire import MailWizzError, MailWizzUnavailable
@@ -91,6 +92,27 @@ async def run_mailwizz_campaigns(ctx: dict) -> dict:
     return out
 
 
+async def pull_mailwizz_unsubscribes(ctx: dict) -> dict:
+    """Suppress, per tenant, whoever unsubscribed or was blacklisted in its MailWizz list since the last pull."""
+    done: dict[int, Any] = {}
+    for row in await ctx["pool"].fetch(q("mailwizz-list-tenants")):
+        tenant_id = row["tenant_id"]
+        install = await mailwizz_sync.get_install(ctx["pool"], tenant_id)
+        client = None if install is None else mailwizz_sync.make_client(install, ctx["secret_key"],
+                                                                         ctx.get("mailwizz_http"))
+        if install is None or client is None:
+            continue
+        try:
+            async with client:
+                done[tenant_id] = await mailwizz_sync.pull_unsubscribes(ctx["pool"], client, install)
+        except MailWizzError as exc:   # down, or a key or list to fix: the next hour tries again
+            log.warning("tenant %s: MailWizz unsubscribe pull failed: %s", tenant_id, exc)
+            done[tenant_id] = f"error: {exc}"
+    if any(isinstance(n, int) and n for n in done.values()):
+        log.info("MailWizz unsubscribes pulled: %s", done)
+    return done
+
+
 async def _every(seconds: float, job: Any, ctx: dict) -> None:
     while True:
         await asyncio.sleep(seconds)   # sleep first: a short-lived (burst) worker does not poll at all
@@ -114,4 +136,9 @@ async def on_shutdown(ctx: dict) -> None:
             await task
 
 
-FUNCTIONS = [push_contacts_to_mailwizz, flush_mailwizz_outbox, run_mailwizz_campaigns]
+def cron_jobs(settings: Any) -> list:
+    # Hourly, off the hour: the pull walks whole lists, and an unsubscribe in MailWizz already stops MailWizz.
+    return [cron(pull_mailwizz_unsubscribes, minute=23, unique=True, run_at_startup=False)]
+
+
+FUNCTIONS = [push_contacts_to_mailwizz, flush_mailwizz_outbox, run_mailwizz_campaigns, pull_mailwizz_unsubscribes]

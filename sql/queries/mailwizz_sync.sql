@@ -90,3 +90,9 @@ SELECT pg_try_advisory_lock(hashtextextended($1, 0));
 
 -- name: mailwizz-unlock
 SELECT pg_advisory_unlock(hashtextextended($1, 0));
+
+-- name: mailwizz-list-tenants
+-- Tenants whose active install names a list and holds a key: the unsubscribe pull walks each list.
+SELECT DISTINCT tenant_id FROM mailwizz_instances
+WHERE active AND list_uid IS NOT NULL AND public_key_enc IS NOT NULL
+ORDER BY tenant_id;
