@@ -139,6 +139,10 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
     """Send a campaign until it is done, paused, cancelled, or `stop` is set; return why it stopped."""
     stop = stop or asyncio.Event()
     last_recovery = 0.0
+    # Rows this worker still holds for the campaign were left by a loop of its own that broke (a store
+    # restarting mid-batch): the worker is alive, so the orphan recovery would never take them back. The
+    # first recovery of a loop counts this worker among the dead.
+    first_recovery = True
     while not stop.is_set():
         state = await ctx.pool.fetchrow(q("campaign-run-state"), campaign_id)
         if state is None:
@@ -152,12 +156,13 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
             return state["status"]
         camp = await campaigns.get_campaign(ctx.pool, state["tenant_id"], campaign_id)
         now = _now()
-        if time.monotonic() - last_recovery > ctx.tuning.recover_every:
-            total, in_flight = await sends.recover_orphans(ctx.pool, campaign_id, await ctx.live_workers())
+        if first_recovery or time.monotonic() - last_recovery > ctx.tuning.recover_every:
+            live = [w for w in await ctx.live_workers() if not (first_recovery and w == ctx.worker_id)]
+            total, in_flight = await sends.recover_orphans(ctx.pool, campaign_id, live)
             if total:
-                log.warning("campaign %s: requeued %s rows of dead workers (%s were in flight)",
+                log.warning("campaign %s: requeued %s rows of dead workers or of a broken loop (%s were in flight)",
                             campaign_id, total, in_flight)
-            last_recovery = time.monotonic()
+            last_recovery, first_recovery = time.monotonic(), False
         if not camp.audience_ready:
             await fill_audience(ctx, camp)
         wait = _window_wait(camp.send_window, now)

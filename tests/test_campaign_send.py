@@ -144,3 +144,40 @@ async def test_daily_cap_and_sending_window(client, admin, seeded, db: asyncpg.C
     assert counts == {capped: 25}
     assert await db.fetchval("SELECT status::text FROM campaigns WHERE id = $1", capped) == "sending"
     assert await db.fetchval("SELECT count(*) FROM sends WHERE campaign_id = $1", outside) == 60
+
+
+class FailsOnce:
+    """The PowerMTA injector, except that the third chunk raises (a store restarting, a bug), once."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, 0
+
+    async def send_many(self, msgs):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("the sending loop breaks mid-batch")
+        return await self.inner.send_many(msgs)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_a_loop_that_breaks_mid_batch_gives_its_rows_back(client, admin, seeded, db: asyncpg.Connection,
+                                                                 settings) -> None:
+    from workers.campaigns import make_transport
+
+    emails = await add_contacts(client, admin, 300)
+    await mark_valid(db)
+    await use_ips(db, 1, [1, 1])
+    async with SmtpTestServer() as server:
+        local = _settings_for(settings, server)
+        transport = FailsOnce(make_transport(local))
+        # The worker stays alive: nobody else would ever release the rows its broken loop held.
+        async with running_worker(local, dispatch_tuning=FAST, transport=transport):
+            campaign_id = await create_and_start(client, admin)
+            await wait_for_status(db, campaign_id, "completed", within=30)
+        received = collections.Counter(r for m in server.messages for r in m.rcpt_tos)
+    assert transport.calls > 3
+    assert set(received) == set(emails) and max(received.values()) == 1
+    # the chunk marked in flight when the loop broke is counted, though it never reached the server
+    assert await db.fetchval("SELECT recovered_in_flight FROM campaigns WHERE id = $1", campaign_id) == FAST.chunk
