@@ -103,22 +103,25 @@ async def get_import(db: asyncpg.Connection, import_id: int, tenant_id: int | No
 def read_csv(path: Path) -> Iterator[tuple[int, list[str] | None, str | None]]:
     """(first line number, fields, error) per record, header included; memory stays flat whatever the size."""
     # utf-8-sig drops a BOM if there is one; undecodable bytes become U+FFFD so the line is reported, not fatal
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-        head = f.readline()
-        delimiter = ";" if head.count(";") > head.count(",") else ","
-        f.seek(0)
-        reader = csv.reader(f, delimiter=delimiter, strict=True)
-        while True:
-            start = reader.line_num + 1
-            try:
-                fields = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                yield start, None, f"malformed CSV: {exc}"
-                continue
-            if fields:  # blank lines carry nothing
-                yield start, fields, None
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            head = f.readline()
+            delimiter = ";" if head.count(";") > head.count(",") else ","
+            f.seek(0)
+            reader = csv.reader(f, delimiter=delimiter, strict=True)
+            while True:
+                start = reader.line_num + 1
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    yield start, None, f"malformed CSV: {exc}"
+                    continue
+                if fields:  # blank lines carry nothing
+                    yield start, fields, None
+    except OSError as exc:  # the stored upload itself; a store's connection error is not this
+        raise Invalid(f"upload unreadable: {exc.strerror or exc}", field="file") from exc
 
 
 def _columns(header: list[str], mapping: dict[str, str]) -> dict[str, int]:
@@ -172,9 +175,6 @@ async def run_import(pool: asyncpg.Pool, import_id: int, *,
     except Invalid as exc:
         async with pool.acquire() as db:
             await db.execute(q("finish-import"), import_id, "failed", exc.message)
-    except OSError as exc:
-        async with pool.acquire() as db:
-            await db.execute(q("finish-import"), import_id, "failed", f"upload unreadable: {exc.strerror}")
     else:
         async with pool.acquire() as db:
             await db.execute(q("finish-import"), import_id, "done", None)

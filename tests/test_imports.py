@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 
+import asyncpg
 import msgspec
 import pytest
+from arq import Retry
+from arq.connections import ArqRedis
+from redis.asyncio import ConnectionPool
 
+from engine import db as dbm
+from engine import imports
 from tests.conftest import SECRET_KEY, tenant_key
 from tests.dnsserver import DnsServer
+from workers import contacts as contact_jobs
 from workers.main import create_worker
 
 
@@ -135,3 +143,48 @@ async def test_erasure_scrubs_rejected_lines_and_a_reimport_keeps_no_text(client
     got = await progress(client, sos, r.json()["id"])
     assert [(x["line"], x["reason"].split(":")[0], x["raw"]) for x in got["rejects"]] == [(2, "erased", None)]
     assert await db.fetchval("SELECT count(*) FROM import_rejects WHERE raw ILIKE '%dora%'") == 0
+
+
+async def test_a_store_fault_mid_import_is_retried_and_resumes(client, sos, settings, db, database_url,
+                                                               monkeypatch) -> None:
+    text = "email\n" + "".join(f"p{i}@example.fr\n" for i in range(10))
+    r = await client.post("/api/v2/contacts/import", content=text.encode(), headers={**sos, "content-type": "text/csv"})
+    import_id = r.json()["id"]
+    monkeypatch.setattr(imports, "BATCH", 4)
+    real, calls = imports.contacts.ingest, 0
+
+    async def restarting(*args, **kwargs):   # PostgreSQL restarts while the second batch is written
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(imports.contacts, "ingest", restarting)
+    pool = await dbm.create_pool(database_url, min_size=1, max_size=2)
+    arq = ArqRedis(ConnectionPool.from_url(settings.redis_url), default_queue_name=settings.queue_name)
+    ctx = {"pool": pool, "redis": arq, "settings": settings, "job_try": 1}
+    try:
+        with pytest.raises(Retry):   # arq runs the job again later, not "failed"
+            await contact_jobs.import_contacts(ctx, import_id)
+        p = (await progress(client, sos, import_id))["progress"]
+        assert (p["status"], p["rows_read"], p["created"]) == ("running", 4, 4)
+        ctx["job_try"] = 2
+        await contact_jobs.import_contacts(ctx, import_id)   # the retry resumes after the committed batch
+    finally:
+        await arq.aclose()
+        await pool.close()
+    p = (await progress(client, sos, import_id))["progress"]
+    assert (p["status"], p["rows_read"], p["created"], p["rejected"]) == ("done", 10, 10, 0)
+    assert await db.fetchval("SELECT count(*) FROM contacts WHERE email LIKE 'p%@example.fr'") == 10
+
+
+async def test_an_unreadable_upload_fails_the_import_with_a_reason(client, sos, settings, db) -> None:
+    r = await client.post("/api/v2/contacts/import", content=b"email\na@example.fr\n",
+                          headers={**sos, "content-type": "text/csv"})
+    import_id = r.json()["id"]
+    path = await db.fetchval("SELECT file_path FROM imports WHERE id = $1", import_id)
+    os.unlink(path)
+    await run_worker(settings)
+    p = (await progress(client, sos, import_id))["progress"]
+    assert p["status"] == "failed" and p["error"].startswith("upload unreadable")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from arq import cron
+import asyncpg
+import redis.exceptions
+from arq import Retry, cron
 
 from engine import contact_validation, imports
 from engine.validation import make_resolver
@@ -14,6 +16,18 @@ log = logging.getLogger(__name__)
 VALIDATE_JOB = "validate_contacts"
 IMPORT_JOB = "import_contacts"
 SWEEP_BATCH = 1000
+# A store restarting (PostgreSQL or Redis unreachable for a moment). The job runs again later, which is safe:
+# an import resumes after the rows it committed, validation takes only the contacts still pending.
+STORE_FAULTS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                asyncpg.exceptions.OperatorInterventionError, redis.exceptions.ConnectionError,
+                redis.exceptions.TimeoutError)
+
+
+def store_fault_retry(ctx: dict, exc: BaseException) -> Retry:
+    """Retry after 5 s, doubling per try up to 5 minutes (arq gives up after the worker's max_tries)."""
+    delay = min(300, 5 * 2 ** max(0, ctx.get("job_try", 1) - 1))
+    log.warning("store unavailable (%s); job retried in %s s", exc.__class__.__name__, delay)
+    return Retry(defer=delay)
 
 
 async def on_startup(ctx: dict) -> None:
@@ -29,9 +43,12 @@ async def on_shutdown(ctx: dict) -> None:
 
 async def validate_contacts(ctx: dict, tenant_id: int, contact_ids: list[int]) -> dict:
     """Validate one ingested batch; contacts DNS could not judge come back later in a deferred job."""
-    async with ctx["pool"].acquire() as db, db.transaction():
-        run = await contact_validation.validate_contacts(db, tenant_id, contact_ids, resolver=ctx["mx_resolver"],
-                                                         secret_key=ctx["secret_key"])
+    try:
+        async with ctx["pool"].acquire() as db, db.transaction():
+            run = await contact_validation.validate_contacts(db, tenant_id, contact_ids,
+                                                             resolver=ctx["mx_resolver"], secret_key=ctx["secret_key"])
+    except STORE_FAULTS as exc:
+        raise store_fault_retry(ctx, exc) from exc
     if run.retry_ids:
         await ctx["redis"].enqueue_job(VALIDATE_JOB, tenant_id, run.retry_ids, _defer_by=run.retry_in,
                                        _queue_name=ctx["settings"].queue_name)
@@ -48,7 +65,10 @@ async def import_contacts(ctx: dict, import_id: int) -> None:
     async def validate(tenant_id: int, ids: list[int]) -> None:
         await ctx["redis"].enqueue_job(VALIDATE_JOB, tenant_id, ids, _queue_name=ctx["settings"].queue_name)
 
-    await imports.run_import(ctx["pool"], import_id, on_batch=validate)
+    try:
+        await imports.run_import(ctx["pool"], import_id, on_batch=validate)
+    except STORE_FAULTS as exc:
+        raise store_fault_retry(ctx, exc) from exc
 
 
 async def sweep_pending_contacts(ctx: dict) -> dict:
