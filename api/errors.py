@@ -9,8 +9,12 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from engine import errors
+from engine.faults import unavailable_store
 
 log = logging.getLogger(__name__)
+
+# What a client is told to wait when PostgreSQL or Redis is restarting.
+RETRY_AFTER_SECONDS = 5
 
 STATUS: dict[type[errors.EngineError], int] = {
     errors.Invalid: 400,
@@ -63,7 +67,13 @@ def http_error(_: Request, exc: HTTPException) -> Response:
 
 
 def unexpected_error(request: Request, exc: Exception) -> Response:
-    """Last resort: log everything, say little."""
+    """A store that cannot be reached is a 503 to retry; anything else: log everything, say little."""
+    store = unavailable_store(exc)
+    if store is not None:
+        log.warning("%s %s: %s unavailable (%s)", request.method, request.url.path, store, type(exc).__name__)
+        response = _body(503, f"{store} is unavailable; retry shortly")
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return _body(500, "internal error; the incident was logged")
 

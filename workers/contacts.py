@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import asyncpg
-import redis.exceptions
 from arq import Retry, cron
 
 from engine import contact_validation, imports
+from engine.faults import STORE_FAULTS
 from engine.validation import make_resolver
 
 log = logging.getLogger(__name__)
@@ -16,15 +15,12 @@ log = logging.getLogger(__name__)
 VALIDATE_JOB = "validate_contacts"
 IMPORT_JOB = "import_contacts"
 SWEEP_BATCH = 1000
-# A store restarting (PostgreSQL or Redis unreachable for a moment). The job runs again later, which is safe:
-# an import resumes after the rows it committed, validation takes only the contacts still pending.
-STORE_FAULTS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                asyncpg.exceptions.OperatorInterventionError, redis.exceptions.ConnectionError,
-                redis.exceptions.TimeoutError)
 
 
 def store_fault_retry(ctx: dict, exc: BaseException) -> Retry:
-    """Retry after 5 s, doubling per try up to 5 minutes (arq gives up after the worker's max_tries)."""
+    """A store restarting: the job runs again, which is safe (an import resumes after the rows it committed,
+    validation takes only the contacts still pending). After 5 s, doubling per try up to 5 minutes; arq gives
+    up after the worker's max_tries."""
     delay = min(300, 5 * 2 ** max(0, ctx.get("job_try", 1) - 1))
     log.warning("store unavailable (%s); job retried in %s s", exc.__class__.__name__, delay)
     return Retry(defer=delay)
