@@ -50,8 +50,9 @@ async def create_campaign(data: JSONBody[CampaignDraft], db: Db, caller: Caller)
 
 @get("/campaigns/{tenant_id:int}", operation_id="listCampaigns", summary="List campaigns", tags=["campaigns"],
      description="Newest first; pass the last id seen as `before` for the next page.")
-async def list_campaigns(tenant_id: TenantId, db: Db, caller: Caller, before: int | None = None,
-                         status: str | None = None, limit: Limit = 50) -> list[Campaign]:
+async def list_campaigns(tenant_id: TenantId, db: Db, caller: Caller,
+                         before: Annotated[int | None, QueryParameter()] = None,
+                         status: Annotated[str | None, QueryParameter()] = None, limit: Limit = 50) -> list[Campaign]:
     if status is not None and status not in {s.value for s in CampaignStatus}:
         raise Invalid(f"status: expected one of {[s.value for s in CampaignStatus]}", field="status")
     return await campaigns.list_campaigns(db, caller.scope(tenant_id), before=before, status=status, limit=limit)
@@ -125,8 +126,9 @@ async def campaign_stats(tenant_id: TenantId, campaign_id: CampaignId, db: Db, c
 @get("/campaigns/{tenant_id:int}/{campaign_id:int}/sends", operation_id="listCampaignSends",
      summary="The send log of a campaign", tags=["campaigns"],
      description="One row per recipient, in id order; pass `next_cursor` as `after` for the next page.")
-async def campaign_sends(tenant_id: TenantId, campaign_id: CampaignId, db: Db, caller: Caller, after: int = 0,
-                         status: str | None = None, limit: Limit = 100) -> SendPage:
+async def campaign_sends(tenant_id: TenantId, campaign_id: CampaignId, db: Db, caller: Caller,
+                         after: Annotated[int, QueryParameter()] = 0,
+                         status: Annotated[str | None, QueryParameter()] = None, limit: Limit = 100) -> SendPage:
     campaign = await campaigns.get_campaign(db, caller.scope(tenant_id), campaign_id)
     if status is not None and status not in {s.value for s in campaigns.SendStatus}:
         raise Invalid(f"status: expected one of {[s.value for s in campaigns.SendStatus]}", field="status")

@@ -89,17 +89,17 @@ async def ingest_contacts(data: JSONBody[IngestRequest], state: State, caller: C
                  "match. Erased contacts appear only with `status=erased`.")
 async def list_contacts(
     tenant_id: TenantId, db: Db, caller: Caller,
-    status: Literal["pending", "valid", "risky", "invalid", "unsubscribed", "bounced", "complained",
-                    "erased"] | None = None,
+    status: Annotated[Literal["pending", "valid", "risky", "invalid", "unsubscribed", "bounced", "complained",
+                              "erased"] | None, QueryParameter()] = None,
     tag: Annotated[list[str] | None, QueryParameter(description="tag slug; repeat for several")] = None,
-    tags_mode: Literal["any", "all"] = "any",
-    language: str | None = None,
-    category: str | None = None,
+    tags_mode: Annotated[Literal["any", "all"], QueryParameter()] = "any",
+    language: Annotated[str | None, QueryParameter()] = None,
+    category: Annotated[str | None, QueryParameter()] = None,
     data_source_id: Annotated[int | None, QueryParameter(gt=0)] = None,
-    created_from: dt.datetime | None = None,
-    created_to: dt.datetime | None = None,
+    created_from: Annotated[dt.datetime | None, QueryParameter()] = None,
+    created_to: Annotated[dt.datetime | None, QueryParameter()] = None,
     q: Annotated[str | None, QueryParameter(max_length=200, description="substring of email or company")] = None,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, QueryParameter()] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=contacts.PAGE_MAX)] = 100,
 ) -> ContactPage:
     caller.scope(tenant_id)

@@ -115,7 +115,9 @@ async def import_contacts(
     request: Request, state: State, caller: Caller, redis: RedisClient, settings: Config,
     tenant_id: Annotated[int | None, QueryParameter(gt=0)] = None,
     mapping: Annotated[str | None, QueryParameter(description="JSON object", examples=[])] = None,
-    tags: str | None = None, language: str | None = None, category: str | None = None,
+    tags: Annotated[str | None, QueryParameter(description="comma-separated tags for every row")] = None,
+    language: Annotated[str | None, QueryParameter()] = None,
+    category: Annotated[str | None, QueryParameter()] = None,
     data_source_id: Annotated[int | None, QueryParameter(gt=0)] = None,
 ) -> imports.Import:
     query = {"tenant_id": tenant_id, "mapping": mapping, "tags": tags, "language": language, "category": category,

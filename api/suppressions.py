@@ -9,7 +9,7 @@ import msgspec
 from arq.connections import ArqRedis
 from litestar import delete, get, post
 from litestar.datastructures import State
-from litestar.params import JSONBody, QueryParameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from api.deps import Caller, Config, Db, RedisClient, TenantId
 from engine import suppression, tenants
@@ -84,7 +84,7 @@ async def add_suppressions(data: JSONBody[SuppressionAdd], state: State, caller:
      description="Keyset pages in id order (oldest first): pass `next_cursor` back as `cursor`.")
 async def list_suppressions(
     tenant_id: TenantId, db: Db, caller: Caller,
-    reason: Reason | None = None,
+    reason: Annotated[Reason | None, QueryParameter()] = None,
     cursor: Annotated[str | None, QueryParameter(max_length=19)] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=PAGE_MAX)] = 100,
 ) -> SuppressionPage:
@@ -110,7 +110,8 @@ async def check_suppression(
         tags=["suppressions"],
         description="Removes one entry, an address or a domain (URL-encoded: `someone%40example.com`). Contacts "
                     "keep their status: mailing them again is a separate decision (PATCH the contact).")
-async def remove_suppression(tenant_id: TenantId, email: str, db: Db, caller: Caller) -> None:
+async def remove_suppression(tenant_id: TenantId, email: Annotated[str, PathParameter()], db: Db,
+                             caller: Caller) -> None:
     caller.scope(tenant_id)
     await suppression.remove_suppression(db, tenant_id, email)
 

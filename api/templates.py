@@ -65,7 +65,7 @@ async def list_templates(
     tenant_id: TenantId, db: Db, caller: Caller,
     language: Annotated[str | None, QueryParameter(max_length=35)] = None,
     category: Annotated[str | None, QueryParameter(max_length=100)] = None,
-    active: bool | None = None,
+    active: Annotated[bool | None, QueryParameter()] = None,
     cursor: Annotated[str | None, QueryParameter(max_length=20)] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=PAGE_MAX)] = 50,
 ) -> TemplatePage:

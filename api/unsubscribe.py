@@ -7,10 +7,12 @@ scanners and mail-security proxies follow every link in a message, so only a POS
 from __future__ import annotations
 
 import html
+from typing import Annotated
 
 from litestar import MediaType, Request, Response, get, head, post
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import PathParameter
 
 from api.deps import Config, RedisClient
 from api.suppressions import enqueue_propagation
@@ -50,6 +52,7 @@ PAGE_TEXT: dict[str, dict[str, str]] = {
            "button": "إلغاء اشتراكي", "done_title": "تم إلغاء اشتراكك",
            "done": "لن يتلقى العنوان {email} رسائلنا بعد الآن."},
 }
+Token = Annotated[str, PathParameter(description="the signed token from the message's unsubscribe link")]
 INVALID_TEXT = "This unsubscribe link is not valid. / Ce lien de désinscription n'est pas valide."
 
 # The token sits in the URL: keep it out of caches, referrers and search indexes; the page runs no script.
@@ -107,7 +110,7 @@ def _invalid() -> Response:
      description="Public; the signed token is the credential. Shows a page in the contact's language with a "
                  "button that POSTs back here. Never unsubscribes by itself (link scanners follow GETs). "
                  "404 for a token that is not ours.")
-async def unsubscribe_page(token: str, state: State) -> Response:
+async def unsubscribe_page(token: Token, state: State) -> Response:
     read = read_token(state.secret_key, token)
     return _invalid() if read is None else _html(confirmation_page(token, read))
 
@@ -117,7 +120,7 @@ async def unsubscribe_page(token: str, state: State) -> Response:
       description="Public. What GET answers, without the page: 200 for a token of ours, 404 otherwise. Link "
                   "checkers and mail-security proxies probe links this way; it never unsubscribes.",
       responses={404: ResponseSpec(None, description="a token that is not ours")})
-async def unsubscribe_page_head(token: str, state: State) -> Response[None]:
+async def unsubscribe_page_head(token: Token, state: State) -> Response[None]:
     status = 404 if read_token(state.secret_key, token) is None else 200
     return Response(None, status_code=status, media_type=MediaType.HTML, headers=PAGE_HEADERS)
 
@@ -129,7 +132,7 @@ async def unsubscribe_page_head(token: str, state: State) -> Response[None]:
                   "(application/x-www-form-urlencoded) and get a plain 200; the confirmation page's button "
                   "posts an empty form and gets a page saying it is done. 404 for a token that is not ours, "
                   "with nothing written.")
-async def unsubscribe(token: str, request: Request, state: State, redis: RedisClient, settings: Config) -> Response:
+async def unsubscribe(token: Token, request: Request, state: State, redis: RedisClient, settings: Config) -> Response:
     read = read_token(state.secret_key, token)
     if read is None:
         return _invalid()
