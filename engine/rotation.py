@@ -12,6 +12,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
+from operator import add
 from typing import TypeVar
 
 import msgspec
@@ -75,9 +76,28 @@ def smooth_weighted_next(current: dict[K, int], peers: Sequence[tuple[K, int]]) 
 
 
 def smooth_weighted_sequence(peers: Sequence[tuple[K, int]], n: int, current: dict[K, int] | None = None) -> list[K]:
-    """The next `n` picks of smooth weighted round-robin over `peers` (a fresh state unless given)."""
+    """The next `n` picks of smooth weighted round-robin over `peers` (a fresh state unless given).
+
+    The same picks as `n` calls of `smooth_weighted_next`, with each step's add and arg-max done by builtins
+    over plain lists: this runs for every message of a campaign.
+    """
     state: dict[K, int] = {} if current is None else current
-    return [smooth_weighted_next(state, peers) for _ in range(n)]
+    if n <= 0:
+        return []
+    if not peers:
+        raise ValueError("no peers to pick from")
+    keys = [key for key, _ in peers]
+    weights = [weight for _, weight in peers]
+    total = sum(weights)
+    values = [state.get(key, 0) for key in keys]
+    picks: list[K] = []
+    for _ in range(n):
+        values = list(map(add, values, weights))
+        best = values.index(max(values))   # the first of equals: ties go to the earlier peer
+        values[best] -= total
+        picks.append(keys[best])
+    state.update(zip(keys, values, strict=True))
+    return picks
 
 
 class _Pocket(msgspec.Struct):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections import Counter
 
 import pytest
@@ -78,6 +79,17 @@ def test_deterministic_and_smooth():
     assert a[:10] == [4, 3, 2, 4, 1, 3, 4, 2, 3, 4]  # one cycle holds each IP exactly `weight` times
     # smooth: at most two in a row (plain WRR would send ip 4 four times running)
     assert max(len(list(run)) for _, run in itertools.groupby(a)) == 2
+
+
+def test_sequence_is_the_same_as_step_by_step():
+    rng = random.Random(7)
+    for _ in range(200):
+        peers = [(f"ip{i}", rng.randint(1, 50)) for i in range(rng.randint(1, 60))]
+        start = {key: rng.randint(-100, 100) for key, _ in peers if rng.random() < 0.7}
+        batched, stepped = dict(start), dict(start)
+        n = rng.randint(1, 700)
+        assert smooth_weighted_sequence(peers, n, batched) == [smooth_weighted_next(stepped, peers) for _ in range(n)]
+        assert batched == stepped
 
 
 def test_peers_left_out_keep_their_place():
