@@ -9,8 +9,9 @@ from litestar import Request, get, put
 from litestar.params import JSONBody
 
 from api.deps import Caller, Db, TenantId
-from engine import mailwizz_sync, tenants
-from engine.mailwizz_sync import MailWizzConfig
+from engine import tenants
+from engine.mailwizz import sync as mailwizz_sync
+from engine.mailwizz.sync import MailWizzConfig
 
 Key = Annotated[str, msgspec.Meta(min_length=8, max_length=200, pattern=r"^[^\s]+$")]
 

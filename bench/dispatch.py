@@ -29,7 +29,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.transport import Outcome, OutgoingMessage  # noqa: E402
+from engine.sending.transport import Outcome, OutgoingMessage  # noqa: E402
 from pmta.inject import Injector  # noqa: E402
 
 SMTP_SINK = Path("/usr/sbin/smtp-sink")

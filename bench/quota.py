@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import quotas  # noqa: E402
 from engine.providers import ProviderCap  # noqa: E402
-from engine.rotation import Candidate, Rotator  # noqa: E402
+from engine.sending.rotation import Candidate, Rotator  # noqa: E402
 
 DAY = "2024-03-01"
 HUGE = 10**12

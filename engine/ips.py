@@ -11,9 +11,10 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from engine import quotas, warmup_plans
+from engine import warmup_plans
+from engine.sending import quotas
 from engine.errors import Conflict, Invalid, NotFound
-from engine.rotation import Candidate
+from engine.sending.rotation import Candidate
 from sql import q
 
 # PowerMTA's <virtual-mta name> and the ips.vmta_name CHECK: a letter or digit, then up to 62 of [A-Za-z0-9._-].

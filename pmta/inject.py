@@ -6,7 +6,7 @@ import asyncio
 import logging
 import ssl
 
-from engine.transport import Outcome, OutgoingMessage, SendResult
+from engine.sending.transport import Outcome, OutgoingMessage, SendResult
 from pmta.smtp import (
     CRLF,
     Session,

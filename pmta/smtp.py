@@ -6,7 +6,7 @@ import asyncio
 import base64
 import ssl
 
-from engine.transport import Outcome, SendResult
+from engine.sending.transport import Outcome, SendResult
 
 CRLF = b"\r\n"
 _DSN_XTEXT_SAFE = frozenset(range(33, 127)) - {ord("+"), ord("=")}

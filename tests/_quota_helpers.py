@@ -17,7 +17,7 @@ from pathlib import Path
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from engine import quotas
+from engine.sending import quotas
 
 SHARED_REDIS_URL = "redis://127.0.0.1:6379"
 

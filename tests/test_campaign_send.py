@@ -9,7 +9,7 @@ import email.policy
 import asyncpg
 import msgspec
 
-from engine.dispatch import Tuning
+from engine.sending.dispatch import Tuning
 from tests.campaign_helpers import (
     add_contacts,
     create_and_start,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import os
 import stat
 import subprocess
@@ -85,6 +86,15 @@ async def test_concurrent_migrate_applies_each_migration_once(server_urls: tuple
         await conn.close()
 
 
+def struct_module(noun: str) -> str:
+    """The module whose Structs a query file's `-- returns:` names: engine.<noun>, or inside a package."""
+    if noun.startswith("mailwizz_"):
+        return f"engine.mailwizz.{noun.removeprefix('mailwizz_')}"
+    if importlib.util.find_spec(f"engine.sending.{noun}") is not None:
+        return f"engine.sending.{noun}"
+    return f"engine.{noun}"
+
+
 async def test_every_named_query_prepares_and_matches_its_struct(db: asyncpg.Connection) -> None:
     queries = sql.queries()
     assert queries, "no named queries found"
@@ -92,7 +102,7 @@ async def test_every_named_query_prepares_and_matches_its_struct(db: asyncpg.Con
         stmt = await db.prepare(query.sql)
         if query.returns is None:
             continue
-        module = importlib.import_module(f"engine.{query.noun}")
+        module = importlib.import_module(struct_module(query.noun))
         struct = getattr(module, query.returns)
         columns = [a.name for a in stmt.get_attributes()]
         fields = list(struct.__struct_fields__)

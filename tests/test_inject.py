@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.retry import MAX_ATTEMPTS, RETRY_DELAYS, next_retry_delay
-from engine.transport import Outcome, OutgoingMessage
+from engine.sending.retry import MAX_ATTEMPTS, RETRY_DELAYS, next_retry_delay
+from engine.sending.transport import Outcome, OutgoingMessage
 from pmta.inject import Injector
 from pmta.smtp import accepted, dot_stuff, parse_enhanced, xtext
 from pmta.standin import start_standin

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-import engine.mailwizz
+import engine.mailwizz.client
 from engine.errors import Invalid, Unavailable
-from engine.mailwizz import (
+from engine.mailwizz.client import (
     CampaignIn,
     CampaignStatus,
     MailWizzAuthError,
@@ -23,7 +23,7 @@ from engine.mailwizz import (
     RetryPolicy,
     SubscriberIn,
 )
-from engine.mailwizz_wire import http_build_query
+from engine.mailwizz.wire import http_build_query
 from tests.fake_mailwizz import FakeMailWizz
 
 FAST = RetryPolicy(first_delay=0.001, max_delay=0.01, jitter=0.0, max_retry_after=60.0)
@@ -272,7 +272,7 @@ async def test_v1_signature_accepted_and_wrong_one_refused(sleeps: Sleeps, monke
                 await bad.get_list(list_uid)
         assert "signature" in err.value.message.lower()
         # A signature older than the server's 900 s window is refused even when it is right.
-        monkeypatch.setattr(engine.mailwizz, "time", SimpleNamespace(time=lambda: time.time() - 1000))
+        monkeypatch.setattr(engine.mailwizz.client, "time", SimpleNamespace(time=lambda: time.time() - 1000))
         async with MailWizzClient(fake.base_url, "pub-1", "priv-1", api_version=1, sleep=sleeps) as late:
             with pytest.raises(MailWizzAuthError) as err:
                 await late.get_list(list_uid)

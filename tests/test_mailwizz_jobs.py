@@ -9,8 +9,9 @@ from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool
 
 from engine import db as dbm
-from engine import mailwizz_campaigns, mailwizz_sync, secrets, suppression
-from engine.mailwizz import MailWizzClient, SubscriberIn
+from engine import secrets, suppression
+from engine.mailwizz import campaigns as mailwizz_campaigns, sync as mailwizz_sync
+from engine.mailwizz.client import MailWizzClient, SubscriberIn
 from tests.conftest import SECRET_KEY, tenant_key
 from tests.fake_mailwizz import FakeMailWizz, FakeSubscriber
 from workers import mailwizz as jobs

@@ -10,8 +10,9 @@ import asyncpg
 import pytest
 
 from engine import db as dbm
-from engine import ips, quotas
-from engine.rotation import Rotator
+from engine import ips
+from engine.sending import quotas
+from engine.sending.rotation import Rotator
 
 DAY = "2024-06-01"
 NOON = dt.datetime(2024, 6, 1, 12, tzinfo=dt.UTC)  # inside 2024-06-01 in Europe/Paris (the seed's timezone)

@@ -8,7 +8,7 @@ import multiprocessing
 import pytest
 from redis.asyncio import Redis
 
-from engine import quotas
+from engine.sending import quotas
 from engine.providers import ProviderCap
 from tests import _quota_helpers as h
 

@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 
 from engine import secrets, suppression
-from engine.mailwizz import MailWizzClient, SubscriberIn
+from engine.mailwizz.client import MailWizzClient, SubscriberIn
 from engine.suppression import SuppressionReason
 from tests.conftest import SECRET_KEY, tenant_key
 from tests.fake_mailwizz import FakeMailWizz

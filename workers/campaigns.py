@@ -14,8 +14,9 @@ import os
 import socket
 from typing import Any
 
-from engine import dispatch, ips
-from engine.rotation import Rotator
+from engine import ips
+from engine.sending import dispatch
+from engine.sending.rotation import Rotator
 from sql import q
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from typing import Any
 
 from arq import Retry, cron
 
-from engine import mailwizz_campaigns, mailwizz_sync
-from engine.mailwizz_wire import MailWizzError, MailWizzUnavailable
+from engine.mailwizz import campaigns as mailwizz_campaigns, sync as mailwizz_sync
+from engine.mailwizz.wire import MailWizzError, MailWizzUnavailable
 from sql import q
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import logging
 from arq import Retry
 
 from engine import secrets
-from engine.mailwizz import MailWizzClient
-from engine.mailwizz_wire import MailWizzNotFound, MailWizzUnavailable
+from engine.mailwizz.client import MailWizzClient
+from engine.mailwizz.wire import MailWizzNotFound, MailWizzUnavailable
 from sql import q
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import TypeVar
 import msgspec
 from redis.asyncio import Redis
 
-from engine import quotas
+from engine.sending import quotas
 from engine.providers import ProviderCap
 
 K = TypeVar("K", bound=Hashable)

@@ -26,13 +26,14 @@ import asyncpg
 import httpx
 import msgspec
 
-from engine import campaigns, sends, suppression
+from engine import campaigns, suppression
+from engine.sending import sends
 from engine.campaigns import Campaign, SendStatus
 from engine.db import row_to
 from engine.languages import template_language
 from engine.layout import RenderedEmail, render_email
-from engine.mailwizz import NOT_SENT_ERRORS, CampaignIn, CampaignStatus, MailWizzClient, PushOutcome
-from engine.mailwizz_sync import (
+from engine.mailwizz.client import NOT_SENT_ERRORS, CampaignIn, CampaignStatus, MailWizzClient, PushOutcome
+from engine.mailwizz.sync import (
     LIST_FIELDS,
     PUSHABLE,
     Install,
@@ -44,7 +45,7 @@ from engine.mailwizz_sync import (
     try_lock,
     unsubscribe_suppressed,
 )
-from engine.mailwizz_wire import MailWizzError, MailWizzUnavailable, MailWizzValidationError
+from engine.mailwizz.wire import MailWizzError, MailWizzUnavailable, MailWizzValidationError
 from engine.rendering import MissingVariable, TemplateRejected
 from engine.templates import Template, TemplateBook, load_template_book
 from sql import q

@@ -25,16 +25,17 @@ import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
-from engine import campaigns, ips, messages, quotas, sends, suppression, unsubscribe
+from engine import campaigns, ips, suppression, unsubscribe
+from engine.sending import messages, quotas, sends
 from engine.campaigns import Campaign, SendStatus
 from engine.errors import Invalid
 from engine.layout import render_email
 from engine.providers import default_cap, provider_for_mx
 from engine.rendering import MissingVariable, TemplateRejected, render_context
-from engine.retry import next_retry_delay
-from engine.rotation import Rotator, Wait
+from engine.sending.retry import next_retry_delay
+from engine.sending.rotation import Rotator, Wait
 from engine.templates import TemplateBook, load_template_book
-from engine.transport import Outcome, OutgoingMessage, SendResult, Transport
+from engine.sending.transport import Outcome, OutgoingMessage, SendResult, Transport
 from engine.warmup import seconds_until_tomorrow, today_in_timezone
 from sql import q
 

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import msgspec
 
-from engine.mailwizz_wire import (
+from engine.mailwizz.wire import (
     MailWizzAuthError,
     MailWizzConflict,
     MailWizzError,

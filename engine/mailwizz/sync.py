@@ -20,8 +20,8 @@ import msgspec
 from engine import secrets, suppression
 from engine.errors import Invalid, NotFound
 from engine.languages import template_language
-from engine.mailwizz import MailWizzClient, PushOutcome, SubscriberIn, SubscriberPush
-from engine.mailwizz_wire import MailWizzNotFound, MailWizzValidationError
+from engine.mailwizz.client import MailWizzClient, PushOutcome, SubscriberIn, SubscriberPush
+from engine.mailwizz.wire import MailWizzNotFound, MailWizzValidationError
 from sql import q
 
 log = logging.getLogger(__name__)
