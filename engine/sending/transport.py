@@ -22,6 +22,10 @@ class SendResult(msgspec.Struct, frozen=True, kw_only=True):
     enhanced: str = ""            # RFC 3463 enhanced status, e.g. "5.1.1"
     text: str = ""                # the server's reply text, or the local error
     transport_id: str = ""        # the server's queue id or the remote uid, when known
+    # False when the message certainly never reached the server (no connection could be opened, the
+    # transport was backing off, the call's deadline passed before it was written): retrying it costs no
+    # attempt and its quota token can be given back. True once any of its envelope was written.
+    transmitted: bool = True
 
     @property
     def ok(self) -> bool:
@@ -39,10 +43,15 @@ class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Transport(Protocol):
-    """A way out of the engine: PowerMTA over SMTP, or MailWizz."""
+    """A way out of the engine: PowerMTA over SMTP, or MailWizz.
+
+    `send_many` never raises for anything the peer does and returns within `bound(len(messages))` seconds.
+    """
 
     async def send(self, message: OutgoingMessage) -> SendResult: ...
 
     async def send_many(self, messages: list[OutgoingMessage]) -> list[SendResult]: ...
+
+    def bound(self, n: int) -> float: ...
 
     async def close(self) -> None: ...
