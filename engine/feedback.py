@@ -12,46 +12,19 @@ import asyncpg
 import msgspec
 
 from engine import suppression
+from engine.sending import policy
+from engine.sending.policy import BounceClass
 from engine.validation import normalise_email
 from sql import q
 
-# What a bounce category means for the contact: PowerMTA's categories (powermta.md §10) mapped per the
-# reference's recommended engine default (§10.1, after maarten-postmastery/pmtabounce):
-#   suppress - the address is dead: suppress it at once (hard_bounce);
-#   soft     - the mailbox may come back: suppressed only after SOFT_BOUNCE_LIMIT such bounces in a row
-#              (a delivery in between starts the count again);
-#   signal   - a sender/reputation problem, not the contact's: the send is bounced (the warmup counts it per
-#              IP), the address stays mailable.
-# A category not listed (custom `<bounce-category-patterns>` names) counts as a signal.
-BOUNCE_ACTIONS: dict[str, str] = {
-    "bad-mailbox": "suppress",
-    "bad-domain": "suppress",
-    "inactive-mailbox": "suppress",
-    "quota-issues": "soft",
-    "no-answer-from-host": "soft",
-    "relaying-issues": "soft",
-    "routing-errors": "soft",
-    "spam-related": "signal",
-    "policy-related": "signal",
-    "content-related": "signal",
-    "bad-connection": "signal",
-    "invalid-sender": "signal",
-    "protocol-errors": "signal",
-    "message-expired": "signal",
-    "virus-related": "signal",
-    "bad-configuration": "signal",
-    "other": "signal",
-}
+# What a bounce means for the contact is the send policy's bounce table (engine/sending/bounces.toml), the
+# same one dispatch reads at injection: hard suppresses at once; soft counts toward SOFT_BOUNCE_LIMIT bounces
+# in a row (a delivery in between starts the count again); sender and policy are the sender's or the
+# reputation's problem, not the contact's: the send is bounced (the warmup counts it per IP), the address
+# stays mailable.
 # pmtabounce disables an address after 5 soft bounces (powermta.md §10.1).
 SOFT_BOUNCE_LIMIT = 5
-SOFT_CATEGORIES = [c for c, action in BOUNCE_ACTIONS.items() if action == "soft"]
-# When a file carries no bounceCat column: the status-code half of PowerMTA's shipped patterns (§10).
-STATUS_CATEGORIES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"^[45]\.1\.1\b"), "bad-mailbox"),
-    (re.compile(r"^[45]\.1\.2\b"), "bad-domain"),
-    (re.compile(r"^[45]\.4\.7\b"), "message-expired"),
-    (re.compile(r"^[45]\.7\.1\b"), "policy-related"),
-)
+SOFT_CATEGORIES = policy.categories_of(BounceClass.SOFT)
 # ARF Feedback-Types (RFC 5965 §7.3, RFC 6591) that are not a recipient's complaint; everything else is,
 # including an empty type (JMRP and AOL's SComp reports often carry none).
 NOT_COMPLAINTS = frozenset({"not-spam", "auth-failure"})
@@ -124,13 +97,15 @@ def send_id(record: Record) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def classified(record: Record) -> policy.Classified:
+    """The record's bounce class and category, by the send policy's table."""
+    code, enhanced, _ = _outcome(record)
+    found = policy.classify(code or 0, enhanced, record.dsn_diag, record.bounce_cat)
+    return found if found.category else policy.Classified(bounce_class=found.bounce_class, category="other")
+
+
 def category(record: Record) -> str:
-    if record.bounce_cat:
-        return record.bounce_cat.lower()
-    for pattern, name in STATUS_CATEGORIES:
-        if pattern.match(record.dsn_status):
-            return name
-    return "other"
+    return classified(record).category
 
 
 def _outcome(record: Record) -> tuple[int | None, str, str]:
@@ -225,10 +200,10 @@ async def _suppress(db: asyncpg.Connection, rows: Mapping[int, asyncpg.Record],
         row = rows[sid]
         if row["status"] not in SENT or row["email"] is None:
             continue
-        action = BOUNCE_ACTIONS.get(category(record), "signal")
-        if action == "suppress":
+        bounce_class = classified(record).bounce_class
+        if bounce_class is BounceClass.HARD:
             hard[row["tenant_id"]].append(row["email"])
-        elif action == "soft":
+        elif bounce_class is BounceClass.SOFT:
             soft[row["tenant_id"]].append(row["contact_id"])
     for sid in chosen["complaint"]:
         row = rows[sid]

@@ -12,8 +12,8 @@ import asyncpg
 import msgspec
 
 from engine import warmup_plans
-from engine.sending import quotas
 from engine.errors import Conflict, Invalid, NotFound
+from engine.sending import quotas
 from engine.sending.rotation import Candidate
 from sql import q
 
@@ -170,16 +170,11 @@ async def sending_candidates(db: asyncpg.Connection | asyncpg.Pool, tenant_id: i
                       status=r["status"], rate_per_min=float(r["rate_per_minute"])) for r in rows]
 
 
-async def used_today(db: asyncpg.Connection | asyncpg.Pool, ip_id: int, day_start_utc: dt.datetime,
-                     day_end_utc: dt.datetime) -> int:
-    """Tokens the IP took in [day_start_utc, day_end_utc): its send rows by `ip_assigned_at`."""
-    return await db.fetchval(q("ips-used-between"), ip_id, day_start_utc, day_end_utc)
-
-
 def used_today_callback(pool: asyncpg.Pool) -> quotas.UsedToday:
-    """The `used_today(ip_id, day)` the quota script rebuilds from: `day` is the ISO date in the IP's tenant's
-    timezone, and the day's bounds are computed in SQL from that timezone. A pool, not one connection: the
-    rotator rebuilds several IPs' counters at once."""
+    """A `used_today(ip_id, day)` reading the quota ledger (`day` is the ISO date in the IP's tenant's timezone).
+
+    Outside a grant transaction it reads only what is committed, so it suits tools and tests; the dispatcher
+    rebuilds inside its grant transaction instead (engine.sending.grants)."""
 
     async def count(ip_id: int, day: str) -> int:
         return await pool.fetchval(q("ips-used-on-day"), ip_id, dt.date.fromisoformat(day))

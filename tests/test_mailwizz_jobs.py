@@ -10,7 +10,8 @@ from redis.asyncio import ConnectionPool
 
 from engine import db as dbm
 from engine import secrets, suppression
-from engine.mailwizz import campaigns as mailwizz_campaigns, sync as mailwizz_sync
+from engine.mailwizz import campaigns as mailwizz_campaigns
+from engine.mailwizz import sync as mailwizz_sync
 from engine.mailwizz.client import MailWizzClient, SubscriberIn
 from tests.conftest import SECRET_KEY, tenant_key
 from tests.fake_mailwizz import FakeMailWizz, FakeSubscriber

@@ -8,8 +8,8 @@ import multiprocessing
 import pytest
 from redis.asyncio import Redis
 
-from engine.sending import quotas
 from engine.providers import ProviderCap
+from engine.sending import quotas
 from tests import _quota_helpers as h
 
 DAY = "2024-03-01"

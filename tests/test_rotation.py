@@ -10,9 +10,16 @@ from collections import Counter
 import pytest
 from redis.asyncio import Redis
 
-from engine.sending import quotas
 from engine.providers import ProviderCap
-from engine.sending.rotation import Candidate, Pick, Rotator, Wait, smooth_weighted_next, smooth_weighted_sequence
+from engine.sending import quotas
+from engine.sending.rotation import (
+    Candidate,
+    Pick,
+    Rotator,
+    Wait,
+    smooth_weighted_next,
+    smooth_weighted_sequence,
+)
 from tests import _quota_helpers as h
 
 DAY = "2024-03-01"

@@ -1,38 +1,48 @@
 """Campaign sending in the worker: a supervisor that runs every active campaign, and the SMTP injector.
 
 Each worker process runs one sending loop per active campaign; loops on different workers share a campaign's
-rows through `FOR UPDATE SKIP LOCKED`. A heartbeat key per worker in Redis tells the others which claims
-belong to a dead worker, so its rows are requeued (and its in-flight chunk counted) without waiting.
+rows through `FOR UPDATE SKIP LOCKED`. A heartbeat row per worker in PostgreSQL (`workers`) tells the others
+which claims belong to a dead worker, so its rows are requeued (and its in-flight chunk counted) without
+waiting; PostgreSQL rather than Redis, so that a Redis restart makes nobody look dead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import socket
 from typing import Any
 
-from engine import ips
-from engine.sending import dispatch
+from engine.sending import dispatch, sends
 from engine.sending.rotation import Rotator
+from workers.contacts import VALIDATE_JOB
 from sql import q
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = 2.0
-HEARTBEAT_TTL = 10      # a worker silent this long is dead: its claims are recovered
+HEARTBEAT_TTL = 10.0    # a worker silent this long is dead: its claims are recovered
 SUPERVISE_EVERY = 0.5
+# A validation moved to the front of the queue sorts before every job of the last day; its key lives an hour.
+EXPEDITE_AHEAD = dt.timedelta(days=1)
+EXPEDITE_EXPIRES = dt.timedelta(hours=1)
 
 
-def heartbeat_key(namespace: str, worker_id: str) -> str:
-    return f"{namespace}:worker:{worker_id}"
+def expediter(arq: Any, queue: str) -> dispatch.Expedite:
+    """Validation of contacts a campaign waits for, enqueued ahead of the queue (arq runs jobs by score)."""
 
+    async def expedite(tenant_id: int, contact_ids: list[int]) -> None:
+        ids = sorted(set(contact_ids))
+        # One job per batch of waiting contacts and minute: a batch looked at again is not queued twice.
+        minute = int(dt.datetime.now(dt.UTC).timestamp() // 60)
+        await arq.enqueue_job(VALIDATE_JOB, tenant_id, ids, _queue_name=queue,
+                              _job_id=f"{queue}:expedite:{tenant_id}:{ids[0]}:{ids[-1]}:{minute}",
+                              _defer_until=dt.datetime.now(dt.UTC) - EXPEDITE_AHEAD, _expires=EXPEDITE_EXPIRES)
 
-async def live_workers(redis: Any, namespace: str) -> list[str]:
-    prefix = f"{namespace}:worker:"
-    return [k.decode()[len(prefix):] async for k in redis.scan_iter(match=prefix + "*", count=500)]
+    return expedite
 
 
 def make_transport(settings: Any) -> Any:
@@ -50,18 +60,20 @@ async def on_startup(ctx: dict) -> None:
     pool = ctx["pool"]
     stop = asyncio.Event()
     transport = ctx.get("transport") or make_transport(settings)
+    ttl = ctx.get("heartbeat_ttl", HEARTBEAT_TTL)
     run = dispatch.Context(
-        pool=pool, redis=redis, namespace=ns, worker_id=worker_id, transport=transport,
-        rotator=Rotator(ns, ips.used_today_callback(pool)),
+        pool=pool, redis=redis, namespace=ns, worker_id=worker_id, transport=transport, rotator=Rotator(ns),
         secret_key=ctx["secret_key"], public_url=settings.public_url,
-        live_workers=lambda: live_workers(redis, ns),
+        live_workers=lambda: sends.live_workers(pool, ttl),
+        expedite_validation=expediter(ctx["redis"], settings.queue_name),
         **({"tuning": ctx["dispatch_tuning"]} if "dispatch_tuning" in ctx else {}),
         **({"retry_delay": ctx["retry_delay"]} if "retry_delay" in ctx else {}),
     )
-    await redis.set(heartbeat_key(ns, worker_id), "1", ex=HEARTBEAT_TTL)
+    await sends.heartbeat(pool, worker_id)
     loops: dict[int, asyncio.Task] = {}
+    every = ctx.get("heartbeat_every", HEARTBEAT_EVERY)
     ctx["campaigns"] = {"stop": stop, "run": run, "loops": loops, "transport": transport,
-                        "tasks": [asyncio.create_task(_heartbeat(run, stop), name="heartbeat"),
+                        "tasks": [asyncio.create_task(_heartbeat(run, stop, every), name="heartbeat"),
                                   asyncio.create_task(_supervise(run, stop, loops), name="campaign-supervisor")]}
     log.info("campaign sender %s ready (PowerMTA %s:%s)", worker_id, settings.pmta_host, settings.pmta_port)
 
@@ -77,17 +89,16 @@ async def on_shutdown(ctx: dict) -> None:
     run: dispatch.Context = state["run"]
     with contextlib.suppress(Exception):
         await run.rotator.close(run.redis)
-        await run.redis.delete(heartbeat_key(run.namespace, run.worker_id))
+        await sends.worker_gone(run.pool, run.worker_id)
     await state["transport"].close()
 
 
-async def _heartbeat(run: dispatch.Context, stop: asyncio.Event) -> None:
-    key = heartbeat_key(run.namespace, run.worker_id)
+async def _heartbeat(run: dispatch.Context, stop: asyncio.Event, every: float) -> None:
     while not stop.is_set():
-        with contextlib.suppress(Exception):  # Redis restarting: keep trying, claims are safe meanwhile
-            await run.redis.set(key, "1", ex=HEARTBEAT_TTL)
+        with contextlib.suppress(Exception):  # PostgreSQL restarting: keep trying, claims are fenced meanwhile
+            await sends.heartbeat(run.pool, run.worker_id)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), HEARTBEAT_EVERY)
+            await asyncio.wait_for(stop.wait(), every)
 
 
 async def _supervise(run: dispatch.Context, stop: asyncio.Event, loops: dict[int, asyncio.Task]) -> None:

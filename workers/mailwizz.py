@@ -17,7 +17,8 @@ from typing import Any
 
 from arq import Retry, cron
 
-from engine.mailwizz import campaigns as mailwizz_campaigns, sync as mailwizz_sync
+from engine.mailwizz import campaigns as mailwizz_campaigns
+from engine.mailwizz import sync as mailwizz_sync
 from engine.mailwizz.wire import MailWizzError, MailWizzUnavailable
 from sql import q
 

@@ -27,7 +27,6 @@ import httpx
 import msgspec
 
 from engine import campaigns, suppression
-from engine.sending import sends
 from engine.campaigns import Campaign, SendStatus
 from engine.db import row_to
 from engine.languages import template_language
@@ -79,6 +78,15 @@ class GroupStatus(StrEnum):
 
 
 FINAL = frozenset({GroupStatus.SENT, GroupStatus.FAILED, GroupStatus.IN_DOUBT, GroupStatus.CANCELLED})
+
+
+class Ended(msgspec.Struct, frozen=True, kw_only=True):
+    """A queued row that ends before MailWizz sees it (skipped or failed), with the reason."""
+
+    id: int
+    status: str
+    detail: str
+    attempted: int = 0
 
 
 class Unprepared(msgspec.Struct, frozen=True, kw_only=True):
@@ -188,12 +196,12 @@ async def _prepare(pool: asyncpg.Pool, client: MailWizzClient, install: Install,
             return
         cursor = rows[-1].id
         blocked = await suppression.suppressed_among(pool, camp.tenant_id, [r.email for r in rows if r.email])
-        done: list[sends.Outcome] = []
+        done: list[Ended] = []
         live: list[Unprepared] = []
         for row in rows:
             reason = _skip_reason(row, blocked)
             if reason:
-                done.append(sends.Outcome(id=row.id, status=SendStatus.SKIPPED, attempted=0, detail=reason))
+                done.append(Ended(id=row.id, status=SendStatus.SKIPPED, attempted=0, detail=reason))
             else:
                 live.append(row)
         missing = [r.contact_id for r in live if not r.mailwizz_subscriber_uid]
@@ -209,7 +217,7 @@ async def _prepare(pool: asyncpg.Pool, client: MailWizzClient, install: Install,
             push = pushes.get(row.contact_id)
             if not row.mailwizz_subscriber_uid and (push is None or not push.uid):
                 blacklisted = push is not None and push.outcome is PushOutcome.BLACKLISTED
-                done.append(sends.Outcome(
+                done.append(Ended(
                     id=row.id, status=SendStatus.SKIPPED if blacklisted else SendStatus.FAILED, attempted=0,
                     detail="blacklisted in MailWizz" if blacklisted else f"MailWizz refused the subscriber: "
                     f"{push.error if push else 'no answer'}"))
@@ -217,11 +225,12 @@ async def _prepare(pool: asyncpg.Pool, client: MailWizzClient, install: Install,
             language = template_language(row.language)
             template = book.choose(language, camp.category, camp.templates)
             if template is None:
-                done.append(sends.Outcome(id=row.id, status=SendStatus.SKIPPED, attempted=0,
+                done.append(Ended(id=row.id, status=SendStatus.SKIPPED, attempted=0,
                                           detail=f"no template for language {language!r}"))
                 continue
             ready.append((row.id, language, template.id, template.version))
-        await sends.record(pool, done)
+        await pool.execute(q("mwc-end-sends"), camp.id, [d.id for d in done], [d.status for d in done],
+                           [d.detail for d in done])
         await pool.execute(q("mwc-prepare-sends"), camp.id, [r[0] for r in ready], [r[1] for r in ready],
                            [r[2] for r in ready], [r[3] for r in ready])
 

@@ -1,13 +1,15 @@
-"""Sending one campaign: claim rows, run the per-message checks, pick a VMTA with a quota token, inject.
+"""Sending one campaign: claim rows, apply the send policy, take quota tokens, inject, record.
 
-The policy for one message is a flat list of small checks (Postal's outgoing message processor is the model):
-the contact may still be mailed → the address is not suppressed → a template exists for its language and
-category → it renders → a VMTA of the tenant has a token → the transport accepts it. Each check that fails
-ends the message with a recorded reason; nothing raises past `process_batch`.
+Per row: the policy's checks (engine.sending.policy: erased, never-mail statuses, validated, suppressed) →
+a template for its language and category → it renders → a VMTA of the tenant has a token, recorded in the
+send log and the quota ledger before anything leaves (engine.sending.grants) → the transport's answer,
+classified by the one bounce table. Each step that stops a row records why; nothing raises past
+`process_batch`.
 
-The transport is anything with `send_many` (engine.transport.Transport); the worker passes PowerMTA's
+The transport is anything with `send_many` (engine.sending.transport.Transport); the worker passes PowerMTA's
 injector. Rows move queued → claimed → sending → injected/deferred/failed/skipped; 'sending' is written
-just before a chunk reaches the SMTP connections, so after a crash only that chunk is ambiguous.
+just before a chunk reaches the SMTP connections, so after a crash only that chunk is ambiguous. Every write
+is fenced by the claim (engine.sending.sends): a worker whose rows were taken back sends and writes nothing.
 """
 
 from __future__ import annotations
@@ -25,24 +27,24 @@ import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
-from engine import campaigns, ips, suppression, unsubscribe
-from engine.sending import messages, quotas, sends
+from engine import campaigns, suppression, unsubscribe
 from engine.campaigns import Campaign, SendStatus
 from engine.errors import Invalid
 from engine.layout import render_email
-from engine.providers import default_cap, provider_for_mx
+from engine.providers import provider_for_mx
 from engine.rendering import MissingVariable, TemplateRejected, render_context
+from engine.sending import grants, messages, policy, sends
+from engine.sending.grants import Item
+from engine.sending.policy import BounceClass, Hold, Skip, TenantPolicy
 from engine.sending.retry import next_retry_delay
-from engine.sending.rotation import Rotator, Wait
-from engine.templates import TemplateBook, load_template_book
+from engine.sending.rotation import Rotator
 from engine.sending.transport import Outcome, OutgoingMessage, SendResult, Transport
+from engine.templates import TemplateBook, load_template_book
 from engine.warmup import seconds_until_tomorrow, today_in_timezone
 from sql import q
 
 log = logging.getLogger(__name__)
 
-# Contacts whose status changed after the audience was written are not mailed.
-MAILABLE = frozenset({"valid", "risky", "pending"})
 AUDIENCE_PAGE = 5_000
 
 
@@ -54,6 +56,13 @@ class Tuning(msgspec.Struct, frozen=True, kw_only=True):
     idle: float = 0.5             # pause when there is nothing to claim but the campaign is not done
     max_wait: float = 5.0         # longest sleep before re-checking the campaign's status
     recover_every: float = 10.0   # seconds between orphan recoveries
+    # a row whose contact is being validated is looked at again after this long
+    validation_recheck: float = policy.VALIDATION_RECHECK_SECONDS
+    # PowerMTA unreachable: the untouched rows are retried after this long (no attempt counted)
+    unreachable_retry: float = 5.0
+
+
+Expedite = Callable[[int, list[int]], Awaitable[None]]
 
 
 class Context(msgspec.Struct, kw_only=True):
@@ -68,6 +77,8 @@ class Context(msgspec.Struct, kw_only=True):
     secret_key: str
     public_url: str
     live_workers: Callable[[], Awaitable[list[str]]]
+    # moves the validation of these contacts (tenant, ids) to the front of the queue
+    expedite_validation: Expedite | None = None
     retry_delay: Callable[[int], float | None] = next_retry_delay
     tuning: Tuning = Tuning()
 
@@ -82,6 +93,17 @@ class Prepared(msgspec.Struct, kw_only=True):
     text: str
     token: str
     provider: str
+
+    def item(self) -> Item:
+        return Item(held=sends.Held(self.row.id, self.row.claim_gen), provider=self.provider)
+
+
+class Batch(msgspec.Struct, kw_only=True):
+    """One claimed batch as it goes through: the campaign, its day, and what it must wait for."""
+
+    campaign: Campaign
+    day: dt.date
+    day_ends_in: float
 
 
 def _now() -> dt.datetime:
@@ -105,13 +127,11 @@ def _window_wait(window: dict[str, Any] | None, now: dt.datetime) -> float:
     return (opening - local).total_seconds()
 
 
-async def _daily_room(db: asyncpg.Pool, campaign: Campaign, tz: str, now: dt.datetime) -> tuple[int, float]:
-    """(messages the campaign may still send today, seconds until its day ends)."""
+async def _daily_room(db: asyncpg.Pool, campaign: Campaign, tz: str, now: dt.datetime) -> tuple[float, float]:
+    """(messages the campaign may still send today, seconds until its day ends), from the quota ledger."""
     if campaign.daily_cap is None:
         return math.inf, 0.0
-    local = now.astimezone(ZoneInfo(tz))
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    used = await db.fetchval(q("injected-since"), campaign.id, midnight)
+    used = await db.fetchval(q("campaign-granted-on-day"), campaign.id, today_in_timezone(tz, now))
     return max(0, campaign.daily_cap - used), seconds_until_tomorrow(tz, now)
 
 
@@ -187,7 +207,8 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
                 pause = max(0.05, (left["next_retry"] - _now()).total_seconds())
             await _sleep(stop, min(pause, ctx.tuning.max_wait))
             continue
-        wait = await process_batch(ctx, camp, tz, book, rows)
+        batch = Batch(campaign=camp, day=today_in_timezone(tz, now), day_ends_in=seconds_until_tomorrow(tz, now))
+        wait = await process_batch(ctx, batch, TenantPolicy.from_settings(state["settings"]), book, rows)
         if wait > 0:
             await _sleep(stop, min(wait, ctx.tuning.max_wait))
     return "stopped"
@@ -200,94 +221,59 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
-async def process_batch(ctx: Context, campaign: Campaign, tz: str, book: TemplateBook,
+def _held(row: sends.Claimed) -> sends.Held:
+    return sends.Held(row.id, row.claim_gen)
+
+
+async def process_batch(ctx: Context, batch: Batch, tenant: TenantPolicy, book: TemplateBook,
                         rows: list[sends.Claimed]) -> float:
     """Run the checks on claimed rows and inject those that pass; return how long to wait (0 = go on)."""
+    campaign = batch.campaign
+    now = _now()
     done: list[sends.Outcome] = []
+    validating: list[int] = []
     emails = [r.email for r in rows if r.email]
     blocked = await suppression.suppressed_among(ctx.pool, campaign.tenant_id, emails)
     ready: list[Prepared] = []
     for row in rows:
-        outcome = _check(row, blocked)
-        if outcome is not None:
-            done.append(sends.Outcome(id=row.id, status=SendStatus.SKIPPED, attempted=0, detail=outcome))
+        found = policy.verdict(policy.Row(email=row.email, contact_status=row.contact_status,
+                                          waiting_since=row.waiting_since), blocked, tenant, now)
+        if isinstance(found, Skip):
+            done.append(sends.Outcome(id=row.id, gen=row.claim_gen, status=SendStatus.SKIPPED, attempted=0,
+                                      detail=found.reason))
+            continue
+        if isinstance(found, Hold):
+            validating.append(row.contact_id)
+            done.append(sends.Outcome(
+                id=row.id, gen=row.claim_gen, status=SendStatus.DEFERRED, attempted=0, detail=found.reason,
+                waiting=True, next_attempt_at=now + dt.timedelta(seconds=ctx.tuning.validation_recheck)))
             continue
         prepared_or_reason = _prepare(ctx, campaign, book, row)
         if isinstance(prepared_or_reason, sends.Outcome):
             done.append(prepared_or_reason)
         else:
             ready.append(prepared_or_reason)
-    await sends.record(ctx.pool, done)
+    await sends.record(ctx.pool, campaign.id, ctx.worker_id, done)
+    if validating and ctx.expedite_validation is not None:
+        await ctx.expedite_validation(campaign.tenant_id, validating)
+    if not ready:
+        return 0.0
 
-    now = _now()
-    day = today_in_timezone(tz, now).isoformat()
-    day_ends_in = seconds_until_tomorrow(tz, now)
-    wait = 0.0
-    unpicked: list[int] = []
-    allowed = await _campaign_tokens(ctx, campaign, tz, day, len(ready))
-    if allowed < len(ready):
-        unpicked.extend(p.row.id for p in ready[allowed:])
-        ready = ready[:allowed]
-        wait = day_ends_in
-    candidates = await ips.sending_candidates(ctx.pool, campaign.tenant_id, today_in_timezone(tz, now))
-    by_provider: dict[str, list[Prepared]] = {}
-    for p in ready:
-        by_provider.setdefault(p.provider, []).append(p)
-    picked: list[tuple[Prepared, int, str]] = []
-    for provider, group in by_provider.items():
-        picks = await ctx.rotator.pick(ctx.redis, campaign.tenant_id, candidates, len(group), day=day,
-                                       day_ends_in=day_ends_in, provider=provider,
-                                       provider_cap=default_cap(provider))
-        if isinstance(picks, Wait):
-            unpicked.extend(p.row.id for p in group)
-            wait = max(wait, picks.seconds)
-            continue
-        for p, pick in zip(group, picks, strict=False):
-            picked.append((p, pick.ip_id, pick.vmta_name))
-        if len(picks) < len(group):
-            unpicked.extend(p.row.id for p in group[len(picks):])
-            wait = max(wait, 0.2)
-    if campaign.daily_cap is not None and len(picked) < len(ready):
-        await quotas.refund(ctx.redis, f"{ctx.namespace}:campaign", campaign.id, day, len(ready) - len(picked))
-    await sends.release(ctx.pool, unpicked)
-
-    await _inject(ctx, campaign, picked)
-    return 0.0 if not unpicked else (wait if math.isfinite(wait) else ctx.tuning.max_wait)
-
-
-async def _campaign_tokens(ctx: Context, campaign: Campaign, tz: str, day: str, n: int) -> int:
-    """How many of `n` messages the campaign's daily cap still allows, taken atomically across workers.
-
-    The cap is a token bucket like an IP's quota (same Lua script, its own key space), rebuilt from the send
-    log if Redis loses it, so any number of workers together stop at the cap.
-    """
-    if campaign.daily_cap is None or n == 0:
-        return n
-
-    async def used_today(campaign_id: int, on_day: str) -> int:
-        midnight = dt.datetime.combine(dt.date.fromisoformat(on_day), dt.time(), ZoneInfo(tz))
-        return await ctx.pool.fetchval(q("injected-since"), campaign_id, midnight)
-
-    grant = await quotas.take(ctx.redis, f"{ctx.namespace}:campaign", campaign.id, day, n,
-                              daily_quota=campaign.daily_cap, used_today=used_today)
-    return grant.granted
-
-
-def _check(row: sends.Claimed, blocked: set[str]) -> str | None:
-    """The checks before any work: why this row must be skipped, or None."""
-    if not row.email:
-        return "contact erased"
-    if row.contact_status not in MAILABLE:
-        return f"contact is {row.contact_status}"
-    if row.email in blocked:
-        return "suppressed"
-    return None
+    granted = await grants.grant(
+        ctx.pool, ctx.redis, ctx.rotator, ctx.namespace, ctx.worker_id, tenant_id=campaign.tenant_id,
+        campaign_id=campaign.id, daily_cap=campaign.daily_cap, day=batch.day, day_ends_in=batch.day_ends_in,
+        items=[(p, p.item()) for p in ready])
+    await sends.release(ctx.pool, campaign.id, ctx.worker_id, [_held(p.row) for p in granted.short])
+    wait = await _inject(ctx, batch, granted.picked)
+    if granted.short:
+        wait = max(wait, granted.wait if math.isfinite(granted.wait) else ctx.tuning.max_wait)
+    return wait
 
 
 def _prepare(ctx: Context, campaign: Campaign, book: TemplateBook, row: sends.Claimed) -> Prepared | sends.Outcome:
     template = book.choose(row.language, row.category or campaign.category, campaign.templates)
     if template is None:
-        return sends.Outcome(id=row.id, status=SendStatus.SKIPPED, attempted=0,
+        return sends.Outcome(id=row.id, gen=row.claim_gen, status=SendStatus.SKIPPED, attempted=0,
                              detail=f"no template for language {row.language!r} and category {row.category!r}")
     token = unsubscribe.make_token(ctx.secret_key, tenant_id=campaign.tenant_id, email=row.email,
                                    contact_id=row.contact_id, campaign_id=campaign.id, language=template.language)
@@ -298,7 +284,8 @@ def _prepare(ctx: Context, campaign: Campaign, book: TemplateBook, row: sends.Cl
     try:
         rendered = render_email(book.compiled(template), render_context(contact, row.custom, url))
     except (MissingVariable, TemplateRejected) as exc:
-        return sends.Outcome(id=row.id, status=SendStatus.FAILED, attempted=0, detail=f"render: {exc.message}")
+        return sends.Outcome(id=row.id, gen=row.claim_gen, status=SendStatus.FAILED, attempted=0,
+                             detail=f"render: {exc.message}")
     return Prepared(row=row, template_id=template.id, template_version=template.version,
                     language=template.language, subject=rendered.subject, html=rendered.html, text=rendered.text,
                     token=token, provider=provider_for_mx(row.mx_host))
@@ -307,48 +294,96 @@ def _prepare(ctx: Context, campaign: Campaign, book: TemplateBook, row: sends.Cl
 class Chunk(msgspec.Struct, kw_only=True):
     """Messages built for one chunk, ready for the transport."""
 
-    rows: list[sends.Claimed]
+    picked: list[tuple[Prepared, int]]    # (row, ip_id) of each message, in order
     outgoing: list[OutgoingMessage]
     in_flight: list[sends.InFlight]
     refused: list[sends.Outcome]      # rows whose message could not be built: failed, never sent
 
 
-async def _inject(ctx: Context, campaign: Campaign, picked: list[tuple[Prepared, int, str]]) -> None:
-    """Hand the picked rows to the transport one chunk at a time, as a pipeline.
+class Results(msgspec.Struct, kw_only=True):
+    """A chunk's answers sorted by what the engine does next."""
+
+    outcomes: list[sends.Outcome]
+    untouched: list[tuple[Prepared, int]]   # never reached the server: given back, retried without an attempt
+    hard_bounced: list[str]
+    sender_fault: str | None
+
+
+async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, str]]) -> float:
+    """Hand the picked rows to the transport one chunk at a time, as a pipeline; return how long to wait.
 
     The statement that marks a chunk as sending also records the results of the chunk before it, so a
     crash leaves at most one chunk ambiguous (in flight), and the next chunk's messages are built while
-    the current one is on the wire.
+    the current one is on the wire. Only rows the mark still found held are sent.
     """
+    campaign = batch.campaign
     step = ctx.tuning.chunk
     pieces = [picked[start:start + step] for start in range(0, len(picked), step)]
     if not pieces:
-        return
-    results_so_far: list[sends.Outcome] = []
+        return 0.0
+    pending: list[sends.Outcome] = []
     chunk = _build_chunk(ctx, campaign, pieces[0])
+    wait = 0.0
     for i in range(len(pieces)):
-        await sends.advance(ctx.pool, [*results_so_far, *chunk.refused], ctx.worker_id, chunk.in_flight)
+        marked = await sends.advance(ctx.pool, campaign.id, ctx.worker_id, [*pending, *chunk.refused],
+                                     chunk.in_flight)
+        pending = []
+        if len(marked) < len(chunk.in_flight):
+            _keep_marked(chunk, marked)
         sending = asyncio.ensure_future(ctx.transport.send_many(chunk.outgoing))
         upcoming = None
         if i + 1 < len(pieces):
             await asyncio.sleep(0)  # the chunk reaches the connections first
             upcoming = _build_chunk(ctx, campaign, pieces[i + 1])
-        results = await sending
-        results_so_far = [_outcome(ctx, row, result) for row, result in zip(chunk.rows, results, strict=True)]
-        # RFC 3463 5.1.x: the mailbox does not exist. Never mail it again, from any campaign of the tenant.
-        bounced = [row.email for row, result in zip(chunk.rows, results, strict=True)
-                   if result.outcome is Outcome.HARD and result.enhanced.startswith("5.1.")]
-        if bounced:
+        results = _sort_results(ctx, chunk, await sending)
+        pending = results.outcomes
+        if results.hard_bounced:
+            # The mailbox does not exist: never mail it again, from any campaign of the tenant.
             async with ctx.pool.acquire() as db, db.transaction():
-                await suppression.add_suppressions(db, campaign.tenant_id, bounced, reason="hard_bounce",
-                                                   source="smtp")
+                await suppression.add_suppressions(db, campaign.tenant_id, results.hard_bounced,
+                                                   reason="hard_bounce", source="smtp")
+        stop = None
+        if results.sender_fault is not None:
+            stop = f"paused: {results.sender_fault}"
+            await ctx.pool.execute(q("pause-campaign-itself"), campaign.id, results.sender_fault[:500])
+            log.error("campaign %s paused: %s", campaign.id, results.sender_fault)
+        elif results.untouched and len(results.untouched) == len(chunk.outgoing):
+            stop = "the transport is unreachable"
+            wait = ctx.tuning.unreachable_retry
+        await _give_back(ctx, batch, results.untouched)
+        if stop is not None:
+            # Every later message would meet the same end: their tokens go back, their rows wait untouched.
+            rest = [(p, ip_id) for piece in pieces[i + 1:] for p, ip_id, _ in piece]
+            await sends.record(ctx.pool, campaign.id, ctx.worker_id, pending)
+            await _give_back(ctx, batch, rest, retry=False)
+            log.warning("campaign %s: %s; %d rows of the batch released", campaign.id, stop, len(rest))
+            return wait
         if upcoming is not None:
             chunk = upcoming
-    await sends.record(ctx.pool, results_so_far)
+    await sends.record(ctx.pool, campaign.id, ctx.worker_id, pending)
+    return wait
+
+
+def _keep_marked(chunk: Chunk, marked: set[int]) -> None:
+    """Drop the messages of rows the mark no longer found ours: another worker holds them now."""
+    keep = [i for i, row in enumerate(chunk.in_flight) if row.id in marked]
+    chunk.picked = [chunk.picked[i] for i in keep]
+    chunk.outgoing = [chunk.outgoing[i] for i in keep]
+    chunk.in_flight = [chunk.in_flight[i] for i in keep]
+
+
+async def _give_back(ctx: Context, batch: Batch, rows: list[tuple[Prepared, int]], *, retry: bool = True) -> None:
+    if not rows:
+        return
+    retry_at = _now() + dt.timedelta(seconds=ctx.tuning.unreachable_retry) if retry else None
+    await grants.give_back(ctx.pool, ctx.redis, ctx.rotator, ctx.namespace, ctx.worker_id,
+                           tenant_id=batch.campaign.tenant_id, campaign_id=batch.campaign.id,
+                           capped=batch.campaign.daily_cap is not None, day=batch.day,
+                           items=[(p.item(), ip_id) for p, ip_id in rows], retry_at=retry_at)
 
 
 def _build_chunk(ctx: Context, campaign: Campaign, piece: list[tuple[Prepared, int, str]]) -> Chunk:
-    chunk = Chunk(rows=[], outgoing=[], in_flight=[], refused=[])
+    chunk = Chunk(picked=[], outgoing=[], in_flight=[], refused=[])
     for p, ip_id, vmta in piece:
         envelope = str(p.row.id)
         headers = unsubscribe.list_unsubscribe_headers(ctx.public_url, p.token)
@@ -359,26 +394,44 @@ def _build_chunk(ctx: Context, campaign: Campaign, piece: list[tuple[Prepared, i
                 subject=p.subject, html=p.html, text=p.text, envelope_id=envelope, campaign_id=campaign.id,
                 reply_to=campaign.reply_to, headers=headers)
         except Invalid as exc:  # a header the checks refuse (a line break): never sent
-            chunk.refused.append(sends.Outcome(id=p.row.id, status=SendStatus.FAILED, attempted=0,
-                                               detail=f"message: {exc.message}"))
+            chunk.refused.append(sends.Outcome(id=p.row.id, gen=p.row.claim_gen, status=SendStatus.FAILED,
+                                               attempted=0, detail=f"message: {exc.message}"))
             continue
-        chunk.rows.append(p.row)
+        chunk.picked.append((p, ip_id))
         chunk.outgoing.append(OutgoingMessage(envelope_id=envelope, rcpt_to=p.row.email, data=data, vmta=vmta,
                                               mail_from=messages.bounce_address(envelope, campaign.from_email)))
-        chunk.in_flight.append(sends.InFlight(id=p.row.id, ip_id=ip_id, vmta=vmta, template_id=p.template_id,
+        chunk.in_flight.append(sends.InFlight(id=p.row.id, gen=p.row.claim_gen, template_id=p.template_id,
                                               template_version=p.template_version, message_id=mid,
                                               language=p.language))
     return chunk
 
 
-def _outcome(ctx: Context, row: sends.Claimed, result: SendResult) -> sends.Outcome:
-    common = {"id": row.id, "code": result.code or None, "enhanced": result.enhanced or None,
-              "detail": result.text[:500] or None}
-    if result.outcome is Outcome.SENT:
-        return sends.Outcome(status=SendStatus.INJECTED, **common)
-    if result.outcome is Outcome.HARD:
-        return sends.Outcome(status=SendStatus.FAILED, **common)
-    delay = ctx.retry_delay(row.attempts + 1)
-    if delay is None:
-        return sends.Outcome(status=SendStatus.FAILED, **{**common, "detail": f"retries exhausted: {result.text}"[:500]})
-    return sends.Outcome(status=SendStatus.DEFERRED, next_attempt_at=_now() + dt.timedelta(seconds=delay), **common)
+def _sort_results(ctx: Context, chunk: Chunk, results: list[SendResult]) -> Results:
+    out = Results(outcomes=[], untouched=[], hard_bounced=[], sender_fault=None)
+    for (p, ip_id), result in zip(chunk.picked, results, strict=True):
+        row = p.row
+        if not result.transmitted:
+            out.untouched.append((p, ip_id))
+            continue
+        common = {"id": row.id, "gen": row.claim_gen, "code": result.code or None,
+                  "enhanced": result.enhanced or None, "detail": result.text[:500] or None}
+        if result.outcome is Outcome.SENT:
+            out.outcomes.append(sends.Outcome(status=SendStatus.INJECTED, **common))
+            continue
+        found = policy.classify(result.code, result.enhanced, result.text)
+        if result.outcome is Outcome.HARD or found.bounce_class is BounceClass.SENDER and result.code >= 500:
+            out.outcomes.append(sends.Outcome(status=SendStatus.FAILED, category=found.category, **common))
+            if found.bounce_class is BounceClass.HARD and row.email:
+                out.hard_bounced.append(row.email)
+            elif found.bounce_class is BounceClass.SENDER and out.sender_fault is None:
+                out.sender_fault = (f"the server refused the sender: {result.code} {result.enhanced} "
+                                    f"{result.text}".replace("  ", " ").strip())
+            continue
+        delay = ctx.retry_delay(row.attempts + 1)
+        if delay is None:
+            out.outcomes.append(sends.Outcome(status=SendStatus.FAILED, category=found.category,
+                                              **{**common, "detail": f"retries exhausted: {result.text}"[:500]}))
+            continue
+        out.outcomes.append(sends.Outcome(status=SendStatus.DEFERRED, category=found.category,
+                                          next_attempt_at=_now() + dt.timedelta(seconds=delay), **common))
+    return out

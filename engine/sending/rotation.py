@@ -18,8 +18,8 @@ from typing import TypeVar
 import msgspec
 from redis.asyncio import Redis
 
-from engine.sending import quotas
 from engine.providers import ProviderCap
+from engine.sending import quotas
 
 K = TypeVar("K", bound=Hashable)
 
@@ -129,7 +129,7 @@ class Rotator:
     def __init__(
         self,
         namespace: str,
-        used_today: quotas.UsedToday,
+        used_today: quotas.UsedToday | None = None,
         *,
         reserve: int = 0,
         provider_used_today: quotas.ProviderUsedToday | None = None,
@@ -157,13 +157,20 @@ class Rotator:
         day_ends_in: float = math.inf,
         provider: str | None = None,
         provider_cap: ProviderCap | None = None,
+        used_today: quotas.UsedToday | None = None,
+        on_grant: Callable[[int, int], None] | None = None,
     ) -> list[Pick] | Wait:
         """Up to `n` picks (tokens taken) among `candidates`, or a Wait when none of them can send now.
 
         Fewer than `n` picks means the IPs ran out part-way; the caller keeps the rest for later. One call is
         for one destination provider (group a batch by provider). `day` is the tenant's local ISO date and
         `day_ends_in` the seconds until it ends, used as the wait once every IP has spent its day.
+        `used_today` (default: the one given at construction) is what a lost day counter is rebuilt from, and
+        `on_grant(ip_id, n)` hears of every token taken from Redis, so a caller can record the grant.
         """
+        rebuild = used_today or self._used_today
+        if rebuild is None:
+            raise ValueError("no used_today callback to rebuild a lost quota counter from")
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         await self._refund_stale(redis, day)
@@ -179,7 +186,7 @@ class Rotator:
             order = smooth_weighted_sequence([(c.ip_id, c.weight) for c in eligible], n - len(picks), state)
             need = Counter(order)
             got = await asyncio.gather(*(
-                self._acquire(redis, by_id[ip_id], k, day, day_ends_in, provider, provider_cap)
+                self._acquire(redis, by_id[ip_id], k, day, day_ends_in, provider, provider_cap, rebuild, on_grant)
                 for ip_id, k in need.items()))
             left = dict(zip(need, got, strict=True))
             # An IP that came up short sits out the rest of this call even if its wait is already over,
@@ -200,7 +207,8 @@ class Rotator:
         await asyncio.gather(*(self._refund(redis, key, pocket) for key, pocket in pockets.items()))
 
     async def _acquire(self, redis: Redis, c: Candidate, k: int, day: str, day_ends_in: float,
-                       provider: str | None, cap: ProviderCap | None) -> int:
+                       provider: str | None, cap: ProviderCap | None, used_today: quotas.UsedToday,
+                       on_grant: Callable[[int, int], None] | None) -> int:
         """Up to `k` tokens for one IP, from its pocket first; marks the IP out when short."""
         key = (c.ip_id, day, provider)
         pocket = self._pockets.get(key)
@@ -211,9 +219,11 @@ class Rotator:
             return k
         grant = await quotas.take(
             redis, self.namespace, c.ip_id, day, k - have + self.reserve, daily_quota=c.daily_quota,
-            used_today=self._used_today, rate_per_min=c.rate_per_min, burst=c.burst, provider=provider,
+            used_today=used_today, rate_per_min=c.rate_per_min, burst=c.burst, provider=provider,
             provider_cap=cap, provider_used_today=self._provider_used_today,
             now=self._redis_now() if self._redis_now else None)
+        if on_grant is not None and grant.granted:
+            on_grant(c.ip_id, grant.granted)
         total = have + grant.granted
         use = min(k, total)
         if total - use:

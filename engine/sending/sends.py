@@ -1,4 +1,10 @@
-"""The send log: claiming rows, marking them in flight, recording outcomes, recovering orphans."""
+"""The send log: claiming rows, stamping their quota grant, marking them in flight, recording outcomes.
+
+Every write after the claim is fenced: it names the row with the generation it was claimed in and the
+worker that claimed it, and PostgreSQL applies it only while both still hold. A worker whose rows were taken
+back (it stalled past the dead-worker timeout, it was thought dead) writes nothing over another worker's work;
+what it tried to write is counted on the campaign (`stale_results`).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,17 @@ import msgspec
 
 from sql import q
 
+Db = asyncpg.Connection | asyncpg.Pool
+
 
 class Claimed(msgspec.Struct, kw_only=True):
     """A claimed send row with its contact's fields."""
 
     id: int
+    claim_gen: int
     contact_id: int
     attempts: int
+    waiting_since: dt.datetime | None
     email: str | None
     first_name: str | None
     last_name: str | None
@@ -31,12 +41,18 @@ class Claimed(msgspec.Struct, kw_only=True):
     contact_status: str
 
 
+class Held(msgspec.Struct, frozen=True):
+    """A row as the fence knows it: its id and the generation this worker claimed it in."""
+
+    id: int
+    gen: int
+
+
 class InFlight(msgspec.Struct, frozen=True, kw_only=True):
     """What record-and-mark writes for one row about to be handed to SMTP."""
 
     id: int
-    ip_id: int | None
-    vmta: str | None
+    gen: int
     template_id: int | None
     template_version: int | None
     message_id: str | None
@@ -44,49 +60,103 @@ class InFlight(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
-    """What record-and-mark writes for one row whose attempt is over."""
+    """What record-and-mark writes for one row whose attempt is over (or that waits)."""
 
     id: int
+    gen: int
     status: str
     attempted: int = 1
     code: int | None = None
     enhanced: str | None = None
     detail: str | None = None
     next_attempt_at: dt.datetime | None = None
+    category: str | None = None
+    waiting: bool = False         # held for its contact's validation: starts the wait clock
 
 
-async def claim(db: asyncpg.Connection | asyncpg.Pool, campaign_id: int, worker_id: str, n: int) -> list[Claimed]:
+class Stamp(msgspec.Struct, frozen=True):
+    """The quota grant of one row: the IP whose token it took."""
+
+    id: int
+    gen: int
+    ip_id: int
+    vmta: str
+
+
+async def claim(db: Db, campaign_id: int, worker_id: str, n: int) -> list[Claimed]:
     return [Claimed(**r) for r in await db.fetch(q("claim-sends"), campaign_id, worker_id, n)]
 
 
-async def advance(db: asyncpg.Connection | asyncpg.Pool, outcomes: Sequence[Outcome], worker_id: str = "",
-                  sending: Sequence[InFlight] = ()) -> None:
-    """Record `outcomes` and mark `sending` as handed to SMTP, in one statement (see record-and-mark)."""
+async def stamp(db: asyncpg.Connection, stamps: Sequence[Stamp], worker_id: str) -> set[int]:
+    """Write each row's quota grant (inside the grant transaction); return the rows still held and stamped."""
+    if not stamps:
+        return set()
+    rows = await db.fetch(q("stamp-sends"), [s.id for s in stamps], [s.gen for s in stamps],
+                          [s.ip_id for s in stamps], [s.vmta for s in stamps], worker_id)
+    return {r["id"] for r in rows}
+
+
+async def advance(db: Db, campaign_id: int, worker_id: str, outcomes: Sequence[Outcome],
+                  sending: Sequence[InFlight] = ()) -> set[int]:
+    """Record `outcomes` and mark `sending` as handed to SMTP, in one fenced statement.
+
+    Returns the ids marked: only those may be sent. Outcomes that could not be written are counted.
+    """
     if not outcomes and not sending:
-        return
-    await db.execute(q("record-and-mark"), [o.id for o in outcomes], [o.status for o in outcomes],
-                     [o.attempted for o in outcomes], [o.code for o in outcomes], [o.enhanced for o in outcomes],
-                     [o.detail for o in outcomes], [o.next_attempt_at for o in outcomes],
-                     [r.id for r in sending], [r.ip_id for r in sending], [r.vmta for r in sending],
-                     [r.template_id for r in sending], [r.template_version for r in sending],
-                     [r.message_id for r in sending], [r.language for r in sending], worker_id)
+        return set()
+    row = await db.fetchrow(
+        q("record-and-mark"), [o.id for o in outcomes], [o.gen for o in outcomes], [o.status for o in outcomes],
+        [o.attempted for o in outcomes], [o.code for o in outcomes], [o.enhanced for o in outcomes],
+        [o.detail for o in outcomes], [o.next_attempt_at for o in outcomes], [o.category for o in outcomes],
+        [o.waiting for o in outcomes],
+        [r.id for r in sending], [r.gen for r in sending], [r.template_id for r in sending],
+        [r.template_version for r in sending], [r.message_id for r in sending], [r.language for r in sending],
+        worker_id)
+    stale = len(outcomes) - row["recorded"]
+    if stale:
+        await count_stale(db, campaign_id, stale)
+    return set(row["marked"])
 
 
-async def record(db: asyncpg.Connection | asyncpg.Pool, outcomes: list[Outcome]) -> None:
+async def record(db: Db, campaign_id: int, worker_id: str, outcomes: Sequence[Outcome]) -> None:
     """Final (or deferred) states of rows no longer in flight."""
-    await advance(db, outcomes)
+    await advance(db, campaign_id, worker_id, outcomes)
 
 
-async def release(db: asyncpg.Connection | asyncpg.Pool, ids: list[int]) -> None:
-    if ids:
-        await db.execute(q("release-claims"), ids)
+async def release(db: Db, campaign_id: int, worker_id: str, rows: Sequence[Held], *,
+                  retry_at: dt.datetime | None = None, unstamp: bool = False) -> set[int]:
+    """Give rows back untouched: queued again, or deferred to `retry_at` with no attempt counted."""
+    if not rows:
+        return set()
+    released = {r["id"] for r in await db.fetch(q("release-sends"), [r.id for r in rows], [r.gen for r in rows],
+                                                  retry_at, unstamp, worker_id)}
+    if len(released) < len(rows):
+        await count_stale(db, campaign_id, len(rows) - len(released))
+    return released
 
 
-async def recover_orphans(db: asyncpg.Connection | asyncpg.Pool, campaign_id: int, live_workers: list[str]) -> tuple[int, int]:
+async def count_stale(db: Db, campaign_id: int, n: int) -> None:
+    await db.execute(q("count-stale-results"), campaign_id, n)
+
+
+async def recover_orphans(db: Db, campaign_id: int, live_workers: list[str]) -> tuple[int, int]:
     """Requeue rows held by dead workers; return (rows requeued, of which were in flight)."""
     row = await db.fetchrow(q("recover-orphans"), campaign_id, live_workers)
     return row["total"], row["in_flight"]
 
 
-async def progress(db: asyncpg.Connection | asyncpg.Pool, campaign_id: int) -> asyncpg.Record:
+async def progress(db: Db, campaign_id: int) -> asyncpg.Record:
     return await db.fetchrow(q("campaign-progress"), campaign_id)
+
+
+async def heartbeat(db: Db, worker_id: str) -> None:
+    await db.execute(q("worker-heartbeat"), worker_id)
+
+
+async def live_workers(db: Db, timeout: float) -> list[str]:
+    """Workers heard from within `timeout` seconds."""
+    return [r["id"] for r in await db.fetch(q("live-workers"), float(timeout))]
+
+
+async def worker_gone(db: Db, worker_id: str) -> None:
+    await db.execute(q("worker-gone"), worker_id)

@@ -63,17 +63,7 @@ FROM ips i LEFT JOIN warmup_plans w ON w.ip_id = i.id
 WHERE i.tenant_id = $1 AND i.status IN ('warming', 'active')
 ORDER BY i.id;
 
--- name: ips-used-between
--- Tokens an IP took in [start, end): every send row stamped with the IP when its token was taken. Served
--- by sends_ip_day. This is the truth a lost Redis day counter is rebuilt from.
-SELECT count(*) FROM sends WHERE ip_id = $1 AND ip_assigned_at >= $2 AND ip_assigned_at < $3;
-
 -- name: ips-used-on-day
--- The same count for a calendar day ($2, ISO date) in the IP's tenant's timezone, so the quota callback
--- needs nothing but the IP id and the day key.
-SELECT count(*)
-FROM ips i JOIN tenants t ON t.id = i.tenant_id
-JOIN sends s ON s.ip_id = i.id
-WHERE i.id = $1
-  AND s.ip_assigned_at >= ($2::date)::timestamp AT TIME ZONE t.timezone
-  AND s.ip_assigned_at < ($2::date + 1)::timestamp AT TIME ZONE t.timezone;
+-- Tokens an IP was granted on a day ($2, the tenant's local date): the quota ledger, written with every grant
+-- before injection. This is the truth a lost Redis day counter is rebuilt from.
+SELECT coalesce((SELECT granted FROM quota_grants WHERE scope = 'ip' AND scope_id = $1 AND day = $2::date), 0);

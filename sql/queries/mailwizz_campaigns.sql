@@ -25,6 +25,13 @@ UPDATE sends s SET language = u.language, template_id = u.template_id, template_
 FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::int[]) AS u(id, language, template_id, version)
 WHERE s.campaign_id = $1 AND s.id = u.id;
 
+-- name: mwc-end-sends
+-- Queued rows that end before MailWizz sees them. A MailWizz campaign's rows are only ever written by the
+-- pass holding the campaign's lock, and only while still queued: the lock and the status are its fence.
+UPDATE sends s SET status = u.status::send_status, detail = u.detail, finished_at = now()
+FROM unnest($2::bigint[], $3::text[], $4::text[]) AS u(id, status, detail)
+WHERE s.campaign_id = $1 AND s.id = u.id AND s.status = 'queued';
+
 -- name: mwc-queued-languages
 -- Language groups that still have prepared rows waiting for their MailWizz campaign.
 SELECT language, count(*) AS n FROM sends

@@ -1,7 +1,8 @@
 -- name: claim-sends
 -- Takes the next rows of one campaign for this worker. SKIP LOCKED lets any number of workers share a
--- campaign without waiting on each other; the claim is visible to recovery through claimed_by.
--- The contact's fields come back in the same round trip.
+-- campaign without waiting on each other; the claim is visible to recovery through claimed_by, and the
+-- bumped claim_gen fences every later write to the row (see record-and-mark). The contact's fields come
+-- back in the same round trip.
 -- returns: Claimed
 WITH picked AS (
     SELECT id FROM sends
@@ -12,18 +13,28 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE sends s
-SET status = 'claimed', claimed_by = $2, claimed_at = now()
+SET status = 'claimed', claimed_by = $2, claimed_at = now(), claim_gen = s.claim_gen + 1
 FROM picked, contacts c
 WHERE s.id = picked.id AND c.id = s.contact_id AND c.tenant_id = s.tenant_id
-RETURNING s.id, s.contact_id, s.attempts, c.email, c.first_name, c.last_name, c.company, c.website, c.country,
-          c.language, c.category, c.custom, c.mx_host, c.status::text AS contact_status;
+RETURNING s.id, s.claim_gen, s.contact_id, s.attempts, s.waiting_since, c.email, c.first_name, c.last_name,
+          c.company, c.website, c.country, c.language, c.category, c.custom, c.mx_host,
+          c.status::text AS contact_status;
+
+-- name: stamp-sends
+-- The quota grant written on the rows before anything is injected: the IP (VMTA) and when its token was
+-- taken. Runs inside the grant transaction (grants.sql), fenced like every write; returns the rows stamped.
+UPDATE sends s SET ip_id = u.ip_id, vmta = u.vmta, ip_assigned_at = now()
+FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[]) AS u(id, gen, ip_id, vmta)
+WHERE s.id = u.id AND s.claimed_by = $5 AND s.claim_gen = u.gen AND s.status = 'claimed'
+RETURNING s.id;
 
 -- name: record-and-mark
--- One statement, one commit: the SMTP results of the chunk just sent ($1..$7; also skipped and failed rows)
--- and the 'sending' mark of the chunk about to be handed to SMTP ($8..$14, rows this worker ($15) holds).
--- From the mark on a crash leaves a row ambiguous; recording the previous chunk in the same commit keeps
--- the ambiguous rows to one chunk. ip_assigned_at is what rebuilds a day's per-IP quota counter if Redis
--- loses it. Either half may be empty.
+-- One statement, one commit: the SMTP results of the chunk just sent ($1..$10; also skipped, held and
+-- failed rows) and the 'sending' mark of the chunk about to be handed to SMTP ($11..$16). From the mark on a
+-- crash leaves a row ambiguous; recording the previous chunk in the same commit keeps the ambiguous rows
+-- to one chunk. Both halves are fenced: only rows this worker ($17) still holds in the generation it
+-- claimed are written, so a worker whose rows were taken back writes nothing; the caller sends only the
+-- rows marked and counts the results dropped. Either half may be empty.
 WITH recorded AS (
     UPDATE sends s
     SET status = u.status::send_status,
@@ -31,30 +42,45 @@ WITH recorded AS (
         smtp_code = u.code,
         smtp_status = u.enhanced,
         detail = u.detail,
+        bounce_category = coalesce(u.category, s.bounce_category),
         next_attempt_at = u.next_attempt_at,
+        waiting_since = CASE WHEN u.waiting THEN coalesce(s.waiting_since, now()) ELSE s.waiting_since END,
         injected_at = CASE WHEN u.status = 'injected' THEN now() ELSE s.injected_at END,
         finished_at = CASE WHEN u.status IN ('injected', 'failed', 'skipped') THEN now() ELSE NULL END,
         claimed_by = NULL
-    FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::timestamptz[])
-         AS u(id, status, attempted, code, enhanced, detail, next_attempt_at)
-    WHERE s.id = u.id
+    FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::int[], $6::text[], $7::text[],
+                $8::timestamptz[], $9::text[], $10::bool[])
+         AS u(id, gen, status, attempted, code, enhanced, detail, next_attempt_at, category, waiting)
+    WHERE s.id = u.id AND s.claimed_by = $17 AND s.claim_gen = u.gen AND s.status IN ('claimed', 'sending')
     RETURNING s.id
 ), marked AS (
     UPDATE sends s
-    SET status = 'sending', ip_id = u.ip_id, vmta = u.vmta, ip_assigned_at = now(),
-        template_id = u.template_id, template_version = u.template_version, message_id = u.message_id,
-        language = u.language
-    FROM unnest($8::bigint[], $9::bigint[], $10::text[], $11::bigint[], $12::int[], $13::text[], $14::text[])
-         AS u(id, ip_id, vmta, template_id, template_version, message_id, language)
-    WHERE s.id = u.id AND s.claimed_by = $15
+    SET status = 'sending', template_id = u.template_id, template_version = u.template_version,
+        message_id = u.message_id, language = u.language
+    FROM unnest($11::bigint[], $12::int[], $13::bigint[], $14::int[], $15::text[], $16::text[])
+         AS u(id, gen, template_id, template_version, message_id, language)
+    WHERE s.id = u.id AND s.claimed_by = $17 AND s.claim_gen = u.gen AND s.status = 'claimed'
     RETURNING s.id
 )
-SELECT (SELECT count(*) FROM recorded) AS recorded, (SELECT count(*) FROM marked) AS marked;
+SELECT (SELECT count(*) FROM recorded) AS recorded, (SELECT coalesce(array_agg(id), '{}') FROM marked) AS marked;
 
--- name: release-claims
--- Rows claimed but never handed to SMTP (paused, no quota left): back to the queue, untouched.
-UPDATE sends SET status = 'queued', claimed_by = NULL, claimed_at = NULL
-WHERE id = ANY($1::bigint[]) AND status = 'claimed';
+-- name: release-sends
+-- Rows this worker holds that go back untouched: to the queue ($3 NULL), or deferred to $3 when the
+-- message never left (PowerMTA unreachable: no attempt is counted). $4 clears the quota stamp of rows
+-- whose token was given back. Fenced like record-and-mark; returns the rows released.
+UPDATE sends s
+SET status = CASE WHEN $3::timestamptz IS NULL THEN 'queued' ELSE 'deferred' END::send_status,
+    next_attempt_at = $3, claimed_by = NULL, claimed_at = NULL,
+    ip_id = CASE WHEN $4 THEN NULL ELSE s.ip_id END,
+    vmta = CASE WHEN $4 THEN NULL ELSE s.vmta END,
+    ip_assigned_at = CASE WHEN $4 THEN NULL ELSE s.ip_assigned_at END
+FROM unnest($1::bigint[], $2::int[]) AS u(id, gen)
+WHERE s.id = u.id AND s.claimed_by = $5 AND s.claim_gen = u.gen AND s.status IN ('claimed', 'sending')
+RETURNING s.id;
+
+-- name: count-stale-results
+-- Results a worker could not write because the rows were no longer its own: counted on the campaign.
+UPDATE campaigns SET stale_results = stale_results + $2 WHERE id = $1;
 
 -- name: recover-orphans
 -- Rows held by workers that are no longer alive. 'claimed' rows were never handed to SMTP and go back
@@ -89,22 +115,41 @@ WHERE id = $1 AND status = 'sending' AND audience_ready
   AND NOT EXISTS (SELECT 1 FROM sends WHERE campaign_id = $1 AND status IN ('queued', 'claimed', 'sending', 'deferred'))
 RETURNING id;
 
+-- name: pause-campaign-itself
+-- The engine pauses a sending campaign with the reason (a sender-side refusal); resume clears it.
+UPDATE campaigns SET status = 'paused', pause_reason = $2, updated_at = now()
+WHERE id = $1 AND status = 'sending'
+RETURNING id;
+
 -- name: begin-sending
 -- A scheduled campaign whose time has come starts sending.
 UPDATE campaigns SET status = 'sending', updated_at = now()
 WHERE id = $1 AND status = 'scheduled' AND (send_at IS NULL OR send_at <= now())
 RETURNING id;
 
--- name: injected-since
--- Messages of a campaign that took a quota token since a moment (its daily cap counts these).
-SELECT count(*) FROM sends WHERE campaign_id = $1 AND ip_assigned_at >= $2;
+-- name: campaign-granted-on-day
+-- Tokens of a campaign's daily cap granted on a day (the tenant's local date): what its cap has used.
+SELECT coalesce((SELECT granted FROM quota_grants WHERE scope = 'campaign' AND scope_id = $1 AND day = $2), 0);
 
 -- name: campaign-run-state
 -- What a sending loop re-reads before every batch: the status (pause/cancel take effect here) and the zone
 -- its days are counted in.
-SELECT c.status::text AS status, c.tenant_id, t.timezone
+SELECT c.status::text AS status, c.tenant_id, t.timezone, t.settings
 FROM campaigns c JOIN tenants t ON t.id = c.tenant_id
 WHERE c.id = $1;
 
 -- name: audience-cursor
 SELECT audience_cursor FROM campaigns WHERE id = $1;
+
+-- name: worker-heartbeat
+-- A sending worker says it is alive; recovery treats a worker silent for longer than its timeout as dead.
+INSERT INTO workers (id) VALUES ($1)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+
+-- name: live-workers
+-- Workers heard from within the last $1 seconds.
+SELECT id FROM workers WHERE heartbeat_at > now() - make_interval(secs => $1);
+
+-- name: worker-gone
+-- A worker stopping cleanly; rows of workers silent for a day are forgotten too.
+DELETE FROM workers WHERE id = $1 OR heartbeat_at < now() - interval '1 day';
