@@ -32,6 +32,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dns_servers: tuple[str, ...] = ()   # host[:port] resolvers for validation; () = the system's
     redis_namespace: str = "ee"         # prefix of every Redis key and of the arq queue
     warmup_hour: int = 6                # hour (tenant's timezone) at which the daily warmup runs
+    worker_timeout: int = 10            # seconds a sending worker may go unheard before its rows are taken back
     pmta_accounting_dir: Path | None = None  # PowerMTA's accounting files (acct-*.csv), read every minute
     log_level: str = "INFO"
 
@@ -86,6 +87,7 @@ _PARSERS: dict[str, tuple[str, Any]] = {
     "DNS_SERVERS": ("dns_servers", _dns),
     "REDIS_NAMESPACE": ("redis_namespace", lambda n, v: v if v.replace("-", "").replace("_", "").isalnum() else _bad(n, "letters, digits, - or _", v)),
     "WARMUP_HOUR": ("warmup_hour", lambda n, v: _int(n, v, 0, 23)),
+    "WORKER_TIMEOUT": ("worker_timeout", lambda n, v: _int(n, v, 2, 3600)),
     "PMTA_ACCOUNTING_DIR": ("pmta_accounting_dir", lambda n, v: Path(v)),
     "LOG_LEVEL": ("log_level", lambda n, v: v.upper() if v.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"} else _bad(n, "DEBUG, INFO, WARNING or ERROR", v)),
 }

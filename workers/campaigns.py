@@ -23,8 +23,6 @@ from sql import q
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_EVERY = 2.0
-HEARTBEAT_TTL = 10.0    # a worker silent this long is dead: its claims are recovered
 SUPERVISE_EVERY = 0.5
 # A validation moved to the front of the queue sorts before every job of the last day; its key lives an hour.
 EXPEDITE_AHEAD = dt.timedelta(days=1)
@@ -60,7 +58,8 @@ async def on_startup(ctx: dict) -> None:
     pool = ctx["pool"]
     stop = asyncio.Event()
     transport = ctx.get("transport") or make_transport(settings)
-    ttl = ctx.get("heartbeat_ttl", HEARTBEAT_TTL)
+    # A worker unheard for `worker_timeout` is dead: its claims are recovered. It beats five times as often.
+    ttl = float(settings.worker_timeout)
     run = dispatch.Context(
         pool=pool, redis=redis, namespace=ns, worker_id=worker_id, transport=transport, rotator=Rotator(ns),
         secret_key=ctx["secret_key"], public_url=settings.public_url,
@@ -71,7 +70,7 @@ async def on_startup(ctx: dict) -> None:
     )
     await sends.heartbeat(pool, worker_id)
     loops: dict[int, asyncio.Task] = {}
-    every = ctx.get("heartbeat_every", HEARTBEAT_EVERY)
+    every = ttl / 5
     ctx["campaigns"] = {"stop": stop, "run": run, "loops": loops, "transport": transport,
                         "tasks": [asyncio.create_task(_heartbeat(run, stop, every), name="heartbeat"),
                                   asyncio.create_task(_supervise(run, stop, loops), name="campaign-supervisor")]}
