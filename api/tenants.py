@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar import delete, get, post
+from litestar import delete, get, patch, post
 from litestar.params import JSONBody
 
 from api.deps import Caller, Db, TenantId, id_param
 from engine import tenants
-from engine.tenants import ApiKey, CreatedApiKey, Tenant
+from engine.tenants import ApiKey, CreatedApiKey, SendingPolicy, SendingPolicyPatch, Tenant
 
 KeyId = id_param("API key")
 
@@ -86,4 +86,22 @@ async def revoke_api_key(tenant_id: TenantId, key_id: KeyId, db: Db, caller: Cal
     await tenants.revoke_api_key(db, tenant_id, key_id)
 
 
-ROUTES = [create_tenant, list_tenants, get_tenant, create_api_key, list_api_keys, revoke_api_key]
+@get("/tenants/{tenant_id:int}/sending-policy", operation_id="getSendingPolicy", summary="Get the sending policy",
+     tags=["tenants"], description="Whether risky contacts are mailed and how long a campaign waits for a "
+     "contact's validation; the same for PowerMTA and MailWizz campaigns.")
+async def get_sending_policy(tenant_id: TenantId, db: Db, caller: Caller) -> SendingPolicy:
+    return await tenants.get_sending_policy(db, caller.scope(tenant_id))
+
+
+@patch("/tenants/{tenant_id:int}/sending-policy", operation_id="patchSendingPolicy",
+       summary="Change the sending policy", tags=["tenants"],
+       description="Only the fields given change. Contacts are mailed once validated (`valid`, and `risky` "
+       "unless `mail_risky` is false); a row whose contact is still `pending` waits up to "
+       "`validation_wait_hours`, then is skipped with the reason.")
+async def patch_sending_policy(tenant_id: TenantId, data: JSONBody[SendingPolicyPatch], db: Db,
+                               caller: Caller) -> SendingPolicy:
+    return await tenants.patch_sending_policy(db, caller.scope(tenant_id), data)
+
+
+ROUTES = [create_tenant, list_tenants, get_tenant, create_api_key, list_api_keys, revoke_api_key,
+          get_sending_policy, patch_sending_policy]

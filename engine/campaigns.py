@@ -23,6 +23,11 @@ class CampaignStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class CampaignTransport(StrEnum):
+    PMTA = "pmta"
+    MAILWIZZ = "mailwizz"
+
+
 class SendStatus(StrEnum):
     QUEUED = "queued"
     CLAIMED = "claimed"
@@ -99,7 +104,9 @@ class Campaign(msgspec.Struct, frozen=True, kw_only=True):
     daily_cap: int | None
     status: str
     audience_ready: bool
-    recovered_in_flight: int
+    recovered_in_flight: int      # rows that may have reached their contact twice (a crash, a cut connection)
+    stale_results: int            # results dropped because their rows had been taken back from the worker
+    pause_reason: str | None      # why the engine paused the campaign itself (None: running, or an operator)
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     created_at: dt.datetime
@@ -142,6 +149,7 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     by_ip: dict[str, dict[str, int]]
     by_language: dict[str, dict[str, int]]
     recovered_in_flight: int
+    stale_results: int
 
 
 def check_draft(draft: CampaignDraft) -> CampaignDraft:
@@ -290,6 +298,7 @@ async def stats(db: asyncpg.Connection, campaign: Campaign) -> Stats:
         by_ip=grouped(await db.fetch(q("campaign-stats-by-ip"), campaign.id)),
         by_language=grouped(await db.fetch(q("campaign-stats-by-language"), campaign.id)),
         recovered_in_flight=campaign.recovered_in_flight,
+        stale_results=campaign.stale_results,
     )
 
 

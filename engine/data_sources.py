@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets as pysecrets
+from enum import StrEnum
 from typing import Annotated, Any
 
 import asyncpg
@@ -18,7 +19,16 @@ from sql import q
 
 # A signed request older or newer than this is refused, so a captured request cannot be replayed later.
 REPLAY_WINDOW = 300  # seconds (the window Stripe and Slack use for the same scheme)
-KINDS = ("scraper_pro", "backlink_engine", "csv", "api")
+class DataSourceKind(StrEnum):
+    """The data_source_kind enum."""
+
+    SCRAPER_PRO = "scraper_pro"
+    BACKLINK_ENGINE = "backlink_engine"
+    CSV = "csv"
+    API = "api"
+
+
+KINDS = tuple(kind.value for kind in DataSourceKind)
 TARGETS = ("email", "first_name", "last_name", "company", "website", "country", "language", "category", "tags")
 ITEMS = "$items"  # mapping key: dotted path to the list of records inside the payload
 

@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +27,15 @@ BATCH = 2000
 REJECTS_SHOWN = 1000
 FIELDS = ("email", "first_name", "last_name", "company", "website", "country", "language", "category", "tags")
 RAW_MAX = 2000  # characters of a rejected line kept for the report
+
+
+class ImportStatus(StrEnum):
+    """The import_status enum."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
 
 
 class ImportDefaults(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from enum import StrEnum
+from typing import Annotated
 
 import asyncpg
 import msgspec
@@ -13,6 +15,13 @@ from engine.errors import Conflict, NotFound
 from sql import q
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class TenantTransport(StrEnum):
+    """The tenant_transport enum: how a tenant's campaigns leave by default."""
+
+    PMTA = "pmta"
+    MAILWIZZ = "mailwizz"
 
 
 class Tenant(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,6 +75,40 @@ async def get_tenant(db: asyncpg.Connection, tenant_id: int) -> Tenant:
 
 async def tenant_settings(db: asyncpg.Connection, tenant_id: int) -> dict:
     return await db.fetchval(q("get-tenant-settings"), tenant_id) or {}
+
+
+class SendingPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """What the send policy reads from a tenant's settings (engine.sending.policy.TenantPolicy)."""
+
+    mail_risky: bool = True
+    validation_wait_hours: float = 24.0
+
+
+class SendingPolicyPatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    mail_risky: Annotated[bool, msgspec.Meta(
+        description="mail contacts validated as risky (catch-all domains, role accounts); default true")] | None = None
+    validation_wait_hours: Annotated[float, msgspec.Meta(
+        gt=0, le=720, examples=[24], description="how long a campaign row waits for its contact's "
+        "validation before it is skipped; default 24")] | None = None
+
+
+def sending_policy(settings: dict) -> SendingPolicy:
+    from engine.sending.policy import TenantPolicy  # the one reading of these knobs
+
+    read = TenantPolicy.from_settings(settings)
+    return SendingPolicy(mail_risky=read.mail_risky,
+                         validation_wait_hours=read.validation_wait.total_seconds() / 3600)
+
+
+async def get_sending_policy(db: asyncpg.Connection, tenant_id: int) -> SendingPolicy:
+    await get_tenant(db, tenant_id)
+    return sending_policy(await tenant_settings(db, tenant_id))
+
+
+async def patch_sending_policy(db: asyncpg.Connection, tenant_id: int, patch: SendingPolicyPatch) -> SendingPolicy:
+    await get_tenant(db, tenant_id)
+    changes = {k: v for k, v in msgspec.structs.asdict(patch).items() if v is not None}
+    return sending_policy(await db.fetchval(q("merge-tenant-settings"), tenant_id, changes))
 
 
 async def create_api_key(db: asyncpg.Connection, tenant_id: int, name: str) -> CreatedApiKey:

@@ -295,3 +295,21 @@ async def test_a_sender_side_refusal_pauses_the_campaign_and_suppresses_nobody(c
     assert await db.fetchval("SELECT count(*) FROM quota_grants WHERE granted > 0") <= 1
     granted = await db.fetchval("SELECT coalesce(sum(granted), 0) FROM quota_grants WHERE scope = 'ip'")
     assert granted == counts["failed"]                       # the released rows gave their tokens back
+
+
+async def test_the_sending_policy_api(client, admin, seeded) -> None:
+    r = await client.get("/api/v2/tenants/1/sending-policy", headers=admin)
+    assert r.status_code == 200 and r.json() == {"mail_risky": True, "validation_wait_hours": 24.0}
+    r = await client.patch("/api/v2/tenants/1/sending-policy", json={"mail_risky": False}, headers=admin)
+    assert r.status_code == 200 and r.json() == {"mail_risky": False, "validation_wait_hours": 24.0}
+    r = await client.patch("/api/v2/tenants/1/sending-policy", json={"validation_wait_hours": 0}, headers=admin)
+    assert r.status_code == 400 and "validation_wait_hours" in r.text
+    r = await client.patch("/api/v2/tenants/1/sending-policy", json={"mail_risk": True}, headers=admin)
+    assert r.status_code == 400 and "mail_risk" in r.text
+    from tests.conftest import tenant_key
+    other = await tenant_key(client, admin, 2)
+    assert (await client.get("/api/v2/tenants/1/sending-policy", headers=other)).status_code == 404
+    assert (await client.patch("/api/v2/tenants/1/sending-policy", json={"mail_risky": True},
+                               headers=other)).status_code == 404
+    r = await client.get("/api/v2/tenants/2/sending-policy", headers=other)
+    assert r.status_code == 200 and r.json()["mail_risky"] is True

@@ -28,7 +28,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from engine import campaigns, suppression, unsubscribe
-from engine.campaigns import Campaign, SendStatus
+from engine.campaigns import Campaign, CampaignStatus, SendStatus
 from engine.errors import Invalid
 from engine.layout import render_email
 from engine.providers import provider_for_mx
@@ -169,11 +169,11 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
         if state is None:
             return "deleted"
         tz = state["timezone"]
-        if state["status"] == "scheduled":
+        if state["status"] == CampaignStatus.SCHEDULED:
             if await ctx.pool.fetchval(q("begin-sending"), campaign_id) is None:
                 await _sleep(stop, ctx.tuning.idle)
             continue
-        if state["status"] != "sending":
+        if state["status"] != CampaignStatus.SENDING:
             return state["status"]
         camp = await campaigns.get_campaign(ctx.pool, state["tenant_id"], campaign_id)
         now = _now()
@@ -307,6 +307,7 @@ class Results(msgspec.Struct, kw_only=True):
     untouched: list[tuple[Prepared, int]]   # never reached the server: given back, retried without an attempt
     hard_bounced: list[str]
     sender_fault: str | None
+    in_doubt: int = 0       # written to the server, answer never read: it may have accepted them
 
 
 async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, str]]) -> float:
@@ -337,6 +338,9 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
             upcoming = _build_chunk(ctx, campaign, pieces[i + 1])
         results = _sort_results(ctx, chunk, await sending)
         pending = results.outcomes
+        if results.in_doubt:
+            # retried like any soft failure; counted, since the server may have taken them before the cut
+            await ctx.pool.execute(q("count-in-doubt"), campaign.id, results.in_doubt)
         if results.hard_bounced:
             # The mailbox does not exist: never mail it again, from any campaign of the tenant.
             async with ctx.pool.acquire() as db, db.transaction():
@@ -418,6 +422,8 @@ def _sort_results(ctx: Context, chunk: Chunk, results: list[SendResult]) -> Resu
         if result.outcome is Outcome.SENT:
             out.outcomes.append(sends.Outcome(status=SendStatus.INJECTED, **common))
             continue
+        if not result.code:
+            out.in_doubt += 1
         found = policy.classify(result.code, result.enhanced, result.text)
         if result.outcome is Outcome.HARD or found.bounce_class is BounceClass.SENDER and result.code >= 500:
             out.outcomes.append(sends.Outcome(status=SendStatus.FAILED, category=found.category, **common))

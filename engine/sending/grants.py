@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 from collections import Counter
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Generic, TypeVar
 
 import asyncpg
@@ -29,8 +30,17 @@ from sql import q
 
 # The two-int advisory lock space of grant locks ("gr"); the second key is the tenant.
 GRANT_LOCK_SPACE = 0x6772
-IP = "ip"
-CAMPAIGN = "campaign"
+
+
+class QuotaScope(StrEnum):
+    """The quota_scope enum: whose tokens a ledger row counts."""
+
+    IP = "ip"
+    CAMPAIGN = "campaign"
+
+
+IP = QuotaScope.IP
+CAMPAIGN = QuotaScope.CAMPAIGN
 
 T = TypeVar("T")
 

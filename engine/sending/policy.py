@@ -19,18 +19,7 @@ from typing import Any
 
 import msgspec
 
-
-class ContactStatus(StrEnum):
-    """The contact_status enum."""
-
-    PENDING = "pending"
-    VALID = "valid"
-    RISKY = "risky"
-    INVALID = "invalid"
-    UNSUBSCRIBED = "unsubscribed"
-    BOUNCED = "bounced"
-    COMPLAINED = "complained"
-    ERASED = "erased"
+from engine.contacts import ContactStatus
 
 
 class BounceClass(StrEnum):
@@ -133,8 +122,9 @@ def contact_mailable(row: Row, blocked: set[str], policy: TenantPolicy, now: dt.
     return None
 
 
-CHECKS: tuple[Check, ...] = (contact_erased, contact_never_mailed, contact_risky, contact_validated,
-                             address_suppressed, contact_mailable)
+# Definitive refusals first, so a suppressed contact is skipped rather than waited for.
+CHECKS: tuple[Check, ...] = (contact_erased, contact_never_mailed, address_suppressed, contact_risky,
+                             contact_validated, contact_mailable)
 
 
 def verdict(row: Row, blocked: set[str], policy: TenantPolicy, now: dt.datetime) -> Verdict:

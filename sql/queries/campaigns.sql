@@ -5,13 +5,13 @@ INSERT INTO campaigns (tenant_id, name, from_name, from_email, reply_to, categor
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::campaign_transport, $10, $11, $12)
 RETURNING id, tenant_id, name, from_name, from_email, reply_to, category, templates, audience,
           transport::text AS transport, send_at, send_window, daily_cap, status::text AS status,
-          audience_ready, recovered_in_flight, started_at, finished_at, created_at, updated_at;
+          audience_ready, recovered_in_flight, stale_results, pause_reason, started_at, finished_at, created_at, updated_at;
 
 -- name: get-campaign
 -- returns: Campaign
 SELECT id, tenant_id, name, from_name, from_email, reply_to, category, templates, audience,
        transport::text AS transport, send_at, send_window, daily_cap, status::text AS status,
-       audience_ready, recovered_in_flight, started_at, finished_at, created_at, updated_at
+       audience_ready, recovered_in_flight, stale_results, pause_reason, started_at, finished_at, created_at, updated_at
 FROM campaigns
 WHERE tenant_id = $1 AND id = $2;
 
@@ -20,7 +20,7 @@ WHERE tenant_id = $1 AND id = $2;
 -- returns: Campaign
 SELECT id, tenant_id, name, from_name, from_email, reply_to, category, templates, audience,
        transport::text AS transport, send_at, send_window, daily_cap, status::text AS status,
-       audience_ready, recovered_in_flight, started_at, finished_at, created_at, updated_at
+       audience_ready, recovered_in_flight, stale_results, pause_reason, started_at, finished_at, created_at, updated_at
 FROM campaigns
 WHERE id = $1;
 
@@ -29,7 +29,7 @@ WHERE id = $1;
 -- returns: Campaign
 SELECT id, tenant_id, name, from_name, from_email, reply_to, category, templates, audience,
        transport::text AS transport, send_at, send_window, daily_cap, status::text AS status,
-       audience_ready, recovered_in_flight, started_at, finished_at, created_at, updated_at
+       audience_ready, recovered_in_flight, stale_results, pause_reason, started_at, finished_at, created_at, updated_at
 FROM campaigns
 WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id < $2) AND ($3::text IS NULL OR status = $3::campaign_status)
 ORDER BY id DESC
@@ -44,7 +44,7 @@ UPDATE campaigns SET name = $3, from_name = $4, from_email = $5, reply_to = $6, 
 WHERE tenant_id = $1 AND id = $2 AND status = 'draft'
 RETURNING id, tenant_id, name, from_name, from_email, reply_to, category, templates, audience,
           transport::text AS transport, send_at, send_window, daily_cap, status::text AS status,
-          audience_ready, recovered_in_flight, started_at, finished_at, created_at, updated_at;
+          audience_ready, recovered_in_flight, stale_results, pause_reason, started_at, finished_at, created_at, updated_at;
 
 -- name: delete-campaign
 DELETE FROM campaigns WHERE tenant_id = $1 AND id = $2 AND status IN ('draft', 'completed', 'cancelled')
@@ -56,6 +56,8 @@ UPDATE campaigns
 SET status = $3::campaign_status,
     started_at = CASE WHEN $3 IN ('scheduled', 'sending') THEN coalesce(started_at, now()) ELSE started_at END,
     finished_at = CASE WHEN $3 IN ('completed', 'cancelled') THEN now() ELSE finished_at END,
+    -- an operator's transition supersedes the reason the engine paused it for
+    pause_reason = CASE WHEN $3 = 'paused' THEN pause_reason ELSE NULL END,
     updated_at = now()
 WHERE tenant_id = $1 AND id = $2 AND status = ANY($4::campaign_status[])
 RETURNING status::text;

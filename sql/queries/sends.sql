@@ -82,6 +82,11 @@ RETURNING s.id;
 -- Results a worker could not write because the rows were no longer its own: counted on the campaign.
 UPDATE campaigns SET stale_results = stale_results + $2 WHERE id = $1;
 
+-- name: count-in-doubt
+-- Messages written to PowerMTA whose answer never came (the connection broke): retried, and counted with the
+-- in-flight rows of dead workers, since either may reach the contact twice.
+UPDATE campaigns SET recovered_in_flight = recovered_in_flight + $2 WHERE id = $1;
+
 -- name: recover-orphans
 -- Rows held by workers that are no longer alive. 'claimed' rows were never handed to SMTP and go back
 -- safely; 'sending' rows were in flight when their worker died: they go back too (no contact is lost) and

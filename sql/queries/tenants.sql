@@ -20,6 +20,12 @@ WHERE id = $1;
 -- Per-tenant policy overrides as stored; engine modules merge them over their defaults.
 SELECT settings FROM tenants WHERE id = $1;
 
+-- name: merge-tenant-settings
+-- Some policy knobs changed: merged over the stored ones (a JSON null removes a knob: back to the default).
+UPDATE tenants SET settings = jsonb_strip_nulls(settings || $2::jsonb), updated_at = now()
+WHERE id = $1
+RETURNING settings;
+
 -- name: create-api-key
 -- returns: ApiKey
 INSERT INTO api_keys (tenant_id, name, prefix, key_hash)
