@@ -113,17 +113,6 @@ class Campaign(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: dt.datetime
 
 
-class StatusCount(msgspec.Struct, frozen=True, kw_only=True):
-    status: str
-    count: int
-
-
-class GroupCount(msgspec.Struct, frozen=True, kw_only=True):
-    key: str
-    status: str
-    count: int
-
-
 class SendRow(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     contact_id: int

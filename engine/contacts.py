@@ -297,8 +297,6 @@ async def erase_contact(db: asyncpg.Connection, tenant_id: int, contact_id: int)
 
 EDITABLE = ("data_source_id", "first_name", "last_name", "company", "website", "country", "language",
             "category", "custom")
-# Statuses an operator may set by hand; `erased` is DELETE's job.
-MANUAL_STATUSES = frozenset(s.value for s in ContactStatus) - {"erased"}
 
 
 async def patch_contact(db: asyncpg.Connection, tenant_id: int, contact_id: int, changes: dict[str, Any],

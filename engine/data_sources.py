@@ -27,8 +27,6 @@ class DataSourceKind(StrEnum):
     CSV = "csv"
     API = "api"
 
-
-KINDS = tuple(kind.value for kind in DataSourceKind)
 TARGETS = ("email", "first_name", "last_name", "company", "website", "country", "language", "category", "tags")
 ITEMS = "$items"  # mapping key: dotted path to the list of records inside the payload
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -74,11 +73,6 @@ async def migrate(dsn: str) -> list[int]:
     finally:
         await conn.close()
     return applied
-
-
-def rows_to(struct: type[T], records: Sequence[asyncpg.Record]) -> list[T]:
-    """asyncpg records -> Structs (keyword construction is the fastest path msgspec offers)."""
-    return [struct(**r) for r in records]
 
 
 def row_to(struct: type[T], record: asyncpg.Record | None) -> T | None:

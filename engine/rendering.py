@@ -345,13 +345,6 @@ class TemplateCache:
 DEFAULT_CACHE = TemplateCache()
 
 
-def get_compiled(key: tuple[Hashable, Hashable] | None, subject: str, body_html: str,
-                 body_text: str | None = None, *, language: str = "en", frame: Frame = NO_FRAME,
-                 cache: TemplateCache = DEFAULT_CACHE) -> CompiledTemplate:
-    """Compiled template for key=(template_id, version) from the process cache (key None: by source)."""
-    return cache.get(key, subject, body_html, body_text, language=language, frame=frame)
-
-
 def invalidate(template_id: Hashable, cache: TemplateCache = DEFAULT_CACHE) -> None:
     """Drop a template's compiled versions from the process cache."""
     cache.invalidate(template_id)

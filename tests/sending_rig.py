@@ -12,7 +12,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 NOT_SMTP = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: 11\r\n\r\nBad Request"
@@ -100,25 +99,27 @@ def worker_env(settings, *, pmta_port: int, home: Path, redis_url: str | None = 
             "EMAIL_ENGINE_PMTA_POOL_SIZE": "4", "EMAIL_ENGINE_WORKER_TIMEOUT": str(worker_timeout)}
 
 
+def _start(env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=env, cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
 @contextlib.asynccontextmanager
 async def worker_processes(n: int, env: dict[str, str], log_dir: Path):
-    """`n` worker processes (`python -m api.cli worker`), terminated on exit; yields the Popen handles."""
-    procs = []
+    """`n` worker processes (`python -m api.cli worker`, output in log_dir), terminated on exit."""
+    procs: list[subprocess.Popen] = []
     try:
         for i in range(n):
-            log = open(log_dir / f"worker-{i}.log", "wb")  # noqa: SIM115 - closed with the process below
-            procs.append((subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=env, cwd=ROOT,
-                                           stdout=log, stderr=subprocess.STDOUT), log))
-        yield [p for p, _ in procs]
+            procs.append(await asyncio.to_thread(_start, env, log_dir / f"worker-{i}.log"))
+        yield procs
     finally:
-        for proc, log in procs:
+        for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
-        deadline = time.monotonic() + 20
-        for proc, log in procs:
-            while proc.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            if proc.poll() is None:
+        for proc in procs:
+            try:
+                await asyncio.to_thread(proc.wait, 20)
+            except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait()
-            log.close()
+                await asyncio.to_thread(proc.wait)

@@ -62,6 +62,14 @@ class Timed:
         await self.inner.close()
 
 
+async def until(condition, *, within: float) -> None:
+    """Poll `condition` until it holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.05)
+
+
 def at(settings, server: SmtpTestServer, **changes):
     """The test's settings pointed at this SMTP server."""
     return msgspec.structs.replace(settings, pmta_host=server.host, pmta_port=server.port, **changes)
@@ -102,8 +110,7 @@ async def test_pmta_down_for_thirty_seconds_mid_campaign(client, admin, seeded, 
         transport = Timed(Injector("127.0.0.1", front.port, pool_size=4, timeout=2.0))
         async with running_worker(settings, transport=transport, retry_delay=quick_retry, dispatch_tuning=FAST):
             campaign_id = await create_and_start(client, admin)
-            while len(server.messages) < 300:
-                await asyncio.sleep(0.05)
+            await until(lambda: len(server.messages) >= 300, within=60)
             await front.down()
             down_at = len(server.messages)
             await asyncio.sleep(30)
@@ -218,10 +225,7 @@ async def test_pending_contacts_wait_for_their_validation(client, admin, seeded,
                                   dispatch_tuning=FAST):
             campaign_id = await create_and_start(client, admin, audience={"tags": ["campaign-test"],
                                                                           "statuses": ["valid", "pending"]})
-            deadline = time.monotonic() + 30
-            while len(server.messages) < 20:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+            await until(lambda: len(server.messages) >= 20, within=30)
             await asyncio.sleep(1.5)                        # several rechecks of the waiting rows
             assert set(received(server)) == set(valid)
             waiting = await db.fetch("SELECT s.detail, s.waiting_since FROM sends s JOIN contacts c ON "

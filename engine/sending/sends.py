@@ -153,9 +153,9 @@ async def heartbeat(db: Db, worker_id: str) -> None:
     await db.execute(q("worker-heartbeat"), worker_id)
 
 
-async def live_workers(db: Db, timeout: float) -> list[str]:
-    """Workers heard from within `timeout` seconds."""
-    return [r["id"] for r in await db.fetch(q("live-workers"), float(timeout))]
+async def live_workers(db: Db, within: float) -> list[str]:
+    """Workers heard from within the last `within` seconds."""
+    return [r["id"] for r in await db.fetch(q("live-workers"), float(within))]
 
 
 async def worker_gone(db: Db, worker_id: str) -> None:
