@@ -18,8 +18,8 @@ from typing import Any
 
 from engine.sending import dispatch, sends
 from engine.sending.rotation import Rotator
-from workers.contacts import VALIDATE_JOB
 from sql import q
+from workers.contacts import VALIDATE_JOB
 
 log = logging.getLogger(__name__)
 
