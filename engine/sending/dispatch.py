@@ -30,16 +30,16 @@ from redis.asyncio import Redis
 from engine import campaigns, suppression, unsubscribe
 from engine.campaigns import Campaign, CampaignStatus, SendStatus
 from engine.errors import Invalid
-from engine.layout import render_email
+from engine.layout import RenderedEmail, render_email
 from engine.providers import provider_for_mx
-from engine.rendering import MissingVariable, TemplateRejected, render_context
+from engine.rendering import CompiledTemplate, MissingVariable, TemplateRejected, render_context
 from engine.sending import grants, messages, policy, sends
 from engine.sending.grants import Item
 from engine.sending.policy import BounceClass, Hold, Skip, TenantPolicy
 from engine.sending.retry import next_retry_delay
 from engine.sending.rotation import Rotator
 from engine.sending.transport import Outcome, OutgoingMessage, SendResult, Transport
-from engine.templates import TemplateBook, load_template_book
+from engine.templates import Template, TemplateBook, load_template_book
 from engine.warmup import seconds_until_tomorrow, today_in_timezone
 from sql import q
 
@@ -85,12 +85,8 @@ class Context(msgspec.Struct, kw_only=True):
 
 class Prepared(msgspec.Struct, kw_only=True):
     row: sends.Claimed
-    template_id: int
-    template_version: int
-    language: str
-    subject: str
-    html: str
-    text: str
+    template: Template
+    compiled: CompiledTemplate
     token: str
     provider: str
 
@@ -271,24 +267,24 @@ async def process_batch(ctx: Context, batch: Batch, tenant: TenantPolicy, book: 
 
 
 def _prepare(ctx: Context, campaign: Campaign, book: TemplateBook, row: sends.Claimed) -> Prepared | sends.Outcome:
+    """The row's template and unsubscribe token; the render itself waits for the chunk (see _build_chunk)."""
     template = book.choose(row.language, row.category or campaign.category, campaign.templates)
     if template is None:
         return sends.Outcome(id=row.id, gen=row.claim_gen, status=SendStatus.SKIPPED, attempted=0,
                              detail=f"no template for language {row.language!r} and category {row.category!r}")
     token = unsubscribe.make_token(ctx.secret_key, tenant_id=campaign.tenant_id, email=row.email,
                                    contact_id=row.contact_id, campaign_id=campaign.id, language=template.language)
-    url = unsubscribe.unsubscribe_url(ctx.public_url, token)
+    return Prepared(row=row, template=template, compiled=book.compiled(template), token=token,
+                    provider=provider_for_mx(row.mx_host))
+
+
+def _render(ctx: Context, p: Prepared) -> RenderedEmail:
+    row = p.row
     contact = {"email": row.email, "first_name": row.first_name, "last_name": row.last_name,
                "company": row.company, "website": row.website, "country": row.country,
                "language": row.language, "category": row.category}
-    try:
-        rendered = render_email(book.compiled(template), render_context(contact, row.custom, url))
-    except (MissingVariable, TemplateRejected) as exc:
-        return sends.Outcome(id=row.id, gen=row.claim_gen, status=SendStatus.FAILED, attempted=0,
-                             detail=f"render: {exc.message}")
-    return Prepared(row=row, template_id=template.id, template_version=template.version,
-                    language=template.language, subject=rendered.subject, html=rendered.html, text=rendered.text,
-                    token=token, provider=provider_for_mx(row.mx_host))
+    return render_email(p.compiled, render_context(contact, row.custom, unsubscribe.unsubscribe_url(ctx.public_url,
+                                                                                                   p.token)))
 
 
 class Chunk(msgspec.Struct, kw_only=True):
@@ -392,11 +388,19 @@ def _build_chunk(ctx: Context, campaign: Campaign, piece: list[tuple[Prepared, i
         envelope = str(p.row.id)
         headers = unsubscribe.list_unsubscribe_headers(ctx.public_url, p.token)
         headers["Feedback-ID"] = f"{campaign.id}:{campaign.tenant_id}:email-engine"
+        # Rendered here rather than when the batch is checked: this runs while the chunk before is on the
+        # wire. A row that fails here keeps its quota token counted (never lost, never given twice).
+        try:
+            rendered = _render(ctx, p)
+        except (MissingVariable, TemplateRejected) as exc:
+            chunk.refused.append(sends.Outcome(id=p.row.id, gen=p.row.claim_gen, status=SendStatus.FAILED,
+                                               attempted=0, detail=f"render: {exc.message}"))
+            continue
         try:
             data, mid = messages.build_message(
                 from_name=campaign.from_name, from_email=campaign.from_email, to_email=p.row.email,
-                subject=p.subject, html=p.html, text=p.text, envelope_id=envelope, campaign_id=campaign.id,
-                reply_to=campaign.reply_to, headers=headers)
+                subject=rendered.subject, html=rendered.html, text=rendered.text, envelope_id=envelope,
+                campaign_id=campaign.id, reply_to=campaign.reply_to, headers=headers)
         except Invalid as exc:  # a header the checks refuse (a line break): never sent
             chunk.refused.append(sends.Outcome(id=p.row.id, gen=p.row.claim_gen, status=SendStatus.FAILED,
                                                attempted=0, detail=f"message: {exc.message}"))
@@ -404,9 +408,9 @@ def _build_chunk(ctx: Context, campaign: Campaign, piece: list[tuple[Prepared, i
         chunk.picked.append((p, ip_id))
         chunk.outgoing.append(OutgoingMessage(envelope_id=envelope, rcpt_to=p.row.email, data=data, vmta=vmta,
                                               mail_from=messages.bounce_address(envelope, campaign.from_email)))
-        chunk.in_flight.append(sends.InFlight(id=p.row.id, gen=p.row.claim_gen, template_id=p.template_id,
-                                              template_version=p.template_version, message_id=mid,
-                                              language=p.language))
+        chunk.in_flight.append(sends.InFlight(id=p.row.id, gen=p.row.claim_gen, template_id=p.template.id,
+                                              template_version=p.template.version, message_id=mid,
+                                              language=p.template.language))
     return chunk
 
 
