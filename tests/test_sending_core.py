@@ -317,3 +317,20 @@ async def test_the_sending_policy_api(client, admin, seeded) -> None:
                                headers=other)).status_code == 404
     r = await client.get("/api/v2/tenants/2/sending-policy", headers=other)
     assert r.status_code == 200 and r.json()["mail_risky"] is True
+
+
+async def test_every_attempt_keeps_its_token_counted_for_its_day(client, admin, seeded, db, settings) -> None:
+    emails = await add_contacts(client, admin, 40)
+    await mark_valid(db)
+    await use_ips(db, 1, [1, 1])
+    greylisted = emails[:10]
+    replies = {addr: ["451 4.7.1 Greylisted, try again later"] for addr in greylisted}
+    async with SmtpTestServer(rcpt_replies=replies) as server:
+        async with running_worker(at(settings, server), retry_delay=quick_retry, dispatch_tuning=FAST):
+            campaign_id = await create_and_start(client, admin)
+            await wait_for_status(db, campaign_id, "completed", within=30)
+    assert set(received(server)) == set(emails)
+    # 40 first attempts and 10 retries: the retry's token does not replace the first one's
+    assert await db.fetchval("SELECT sum(granted) FROM quota_grants WHERE scope = 'ip'") == 50
+    stamps = await db.fetch("SELECT ip_id, ip_assigned_at FROM sends WHERE campaign_id = $1", campaign_id)
+    assert all(s["ip_id"] is not None and s["ip_assigned_at"] is not None for s in stamps)
