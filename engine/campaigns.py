@@ -113,6 +113,21 @@ class Campaign(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: dt.datetime
 
 
+class StatusCount(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of campaign-stats (the named-query test checks the SQL against it)."""
+
+    status: str
+    count: int
+
+
+class GroupCount(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of campaign-stats-by-ip / -by-language."""
+
+    key: str
+    status: str
+    count: int
+
+
 class SendRow(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     contact_id: int
