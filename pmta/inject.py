@@ -71,6 +71,19 @@ def _finish(item: _Item, result: SendResult) -> None:
             batch.done.set_result(None)
 
 
+def _describe(exc: BaseException) -> str:
+    """What went wrong with the peer, in words for SendResult.text."""
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "connection closed by the server" + (" in the middle of a reply" if exc.partial else "")
+    if isinstance(exc, asyncio.LimitOverrunError):
+        return "over-long reply line"
+    if isinstance(exc, NotSmtp):
+        return str(exc)
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {exc}"
+    return repr(exc)
+
+
 def _envelope(session: Session, msg: OutgoingMessage) -> bytes:
     """MAIL FROM, RCPT TO and DATA as one block of bytes, ready to pipeline."""
     params = b""
@@ -316,13 +329,11 @@ class Injector:
                 password=self._password)
         except SmtpReplyError as exc:
             self._back_off(f"cannot open SMTP session with {self.host}:{self.port}: {exc}")
-        except NotSmtp as exc:
-            self._back_off(f"cannot open SMTP session with {self.host}:{self.port}: {exc}")
         except TimeoutError:
             self._back_off(f"cannot open SMTP session with {self.host}:{self.port}: "
                            f"no complete set-up within {self._connect_timeout} s")
-        except Exception as exc:  # OSError, EOF, TLS; a bug here still means nothing was sent
-            self._back_off(f"cannot connect to {self.host}:{self.port}: {exc!r}")
+        except Exception as exc:  # NotSmtp, OSError, EOF, TLS; a bug here still means nothing was sent
+            self._back_off(f"cannot open SMTP session with {self.host}:{self.port}: {_describe(exc)}")
         else:
             self._sessions.add(session)
             return session
@@ -425,7 +436,7 @@ class Injector:
                 elif item[1].done.done():  # its call's deadline passed while it was queued: skip it
                     item = None
         except BaseException as exc:
-            reason = s.error or repr(exc)
+            reason = s.error or _describe(exc)
             if pending is not None:
                 _finish(pending, lost(reason))
             if item is not None:
@@ -504,7 +515,7 @@ class Injector:
                 self._closing(s, None, line, False)
             return False
         except BaseException as exc:
-            reason = s.error or repr(exc)
+            reason = s.error or _describe(exc)
             _finish(item, lost(reason) if written else unsent(f"connection lost before sending: {reason}"))
             s.abort(reason)
             if isinstance(exc, _PEER_ERRORS):

@@ -155,7 +155,10 @@ async def read_reply(reader: asyncio.StreamReader) -> bytes:
             return b"".join(lines)
         if len(lines) >= MAX_LINES:
             raise NotSmtp(f"reply of more than {MAX_LINES} lines")
-        line = await reader.readuntil(CRLF)
+        try:
+            line = await reader.readuntil(CRLF)
+        except asyncio.IncompleteReadError:
+            raise NotSmtp(f"truncated multi-line reply: connection closed after {len(lines)} lines") from None
         lines.append(line)
 
 
@@ -271,7 +274,10 @@ async def open_session(host: str, port: int, *, helo: str, setup_timeout: float,
                 if reply[:3] != b"220":
                     raise SmtpReplyError("STARTTLS", reply_code(reply), reply_text(reply))
                 context = tls_context or ssl.create_default_context()
-                await writer.start_tls(context, server_hostname=host)
+                try:
+                    await writer.start_tls(context, server_hostname=host)
+                except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError
+                    raise SmtpReplyError("STARTTLS", 0, f"TLS handshake failed: {exc!r}") from exc
                 extensions = await _ehlo(reader, writer, helo)
             session = Session(reader, writer, extensions)
             if username is not None:

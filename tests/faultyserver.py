@@ -26,6 +26,7 @@ class Fault:
     step: str
     reply: bytes = b""              # written instead of the normal reply (nothing when empty)
     then: str = "close"             # "close" the connection, or "hang": keep it open and never answer again
+    after: bytes = b""              # written once the client sends anything more (a TLS ClientHello)
 
     def __post_init__(self) -> None:
         assert self.step in STEPS and self.then in ("close", "hang"), self
@@ -82,11 +83,15 @@ class FaultyListener:
             self._writers.discard(writer)
             self._tasks.discard(task)
 
-    async def _play(self, writer: asyncio.StreamWriter) -> None:
+    async def _play(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Play the fault: its bytes, then close (return) or hang until the listener stops."""
         self.fired += 1
         if self.fault.reply:
             writer.write(self.fault.reply)
+            await writer.drain()
+        if self.fault.after:
+            await reader.read(1)
+            writer.write(self.fault.after)
             await writer.drain()
         if self.fault.then == "hang":
             await asyncio.Event().wait()
@@ -95,28 +100,28 @@ class FaultyListener:
         """A minimal SMTP server, faithful enough for a pipelining client, that fails at one step."""
         step = self.fault.step
         if step == "greeting":
-            return await self._play(writer)
+            return await self._play(reader, writer)
         writer.write(b"220 faulty.test ESMTP\r\n")
         rcpts: list[str] = []
         while line := await reader.readline():
             verb = line[:4].upper()
             if verb in (b"EHLO", b"HELO"):
                 if step == "ehlo":
-                    return await self._play(writer)
+                    return await self._play(reader, writer)
                 tls = b"250-STARTTLS\r\n" if self.starttls else b""
                 writer.write(b"250-faulty.test\r\n250-PIPELINING\r\n" + tls + b"250 8BITMIME\r\n")
             elif verb == b"STAR":
                 if step == "starttls":
-                    return await self._play(writer)
+                    return await self._play(reader, writer)
                 writer.write(b"454 4.7.0 no TLS here\r\n")
             elif verb == b"MAIL":
                 if step == "mail":
-                    return await self._play(writer)
+                    return await self._play(reader, writer)
                 rcpts = []
                 writer.write(b"250 2.1.0 Ok\r\n")
             elif verb == b"RCPT":
                 if step == "rcpt":
-                    return await self._play(writer)
+                    return await self._play(reader, writer)
                 address = line[8:].strip().strip(b"<>").decode()
                 if address.startswith("refuse"):
                     writer.write(b"550 5.1.1 no such user\r\n")
@@ -125,7 +130,7 @@ class FaultyListener:
                     writer.write(b"250 2.1.5 Ok\r\n")
             elif verb == b"DATA":
                 if step == "data":
-                    return await self._play(writer)
+                    return await self._play(reader, writer)
                 if not rcpts:
                     writer.write(b"554 5.5.1 no valid recipients\r\n")
                     continue
@@ -135,20 +140,20 @@ class FaultyListener:
                     if not data:
                         return
                     if first and step == "middata":
-                        return await self._play(writer)
+                        return await self._play(reader, writer)
                     first = False
                 if step == "dot":
-                    return await self._play(writer)
+                    return await self._play(reader, writer)
                 self.accepted.extend(rcpts)
                 writer.write(b"250 2.0.0 Ok: queued as F%d\r\n" % len(self.accepted))
             elif verb == b"RSET":
                 if step == "rset":
-                    return await self._play(writer)
+                    return await self._play(reader, writer)
                 rcpts = []
                 writer.write(b"250 2.0.0 Ok\r\n")
             elif verb == b"NOOP":
                 if step == "noop":
-                    return await self._play(writer)
+                    return await self._play(reader, writer)
                 writer.write(b"250 2.0.0 Ok\r\n")
             elif verb == b"QUIT":
                 writer.write(b"221 2.0.0 Bye\r\n")

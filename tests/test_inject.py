@@ -371,36 +371,40 @@ async def test_backoff_answers_at_once_without_connecting():
 SETUP, SESSION, IDLE = "setup", "session", "idle"
 
 FAULTS = {
-    # (fault, when it strikes: before any envelope is written, in a transaction, or on an idle connection)
-    "greeting-421": (Fault("greeting", b"421 4.3.2 too busy\r\n"), SETUP),
-    "greeting-silence": (Fault("greeting", then="hang"), SETUP),
-    "greeting-binary": (Fault("greeting", bytes(range(256)) + b"\r\n"), SETUP),
-    "ehlo-421": (Fault("ehlo", b"421 4.3.2 going away\r\n"), SETUP),
-    "ehlo-truncated-multiline": (Fault("ehlo", b"250-faulty.test\r\n250-PIPELINING\r\n"), SETUP),
-    "ehlo-bad-continuation": (Fault("ehlo", b"250-faulty.test\r\n251 SIZE\r\n", then="hang"), SETUP),
-    "mail-garbage": (Fault("mail", b"\x00\xff garbage \xfe\r\n", then="hang"), SESSION),
-    "mail-over-long-line": (Fault("mail", b"250 " + b"x" * 100_000 + b"\r\n", then="hang"), SESSION),
-    "mail-long-line": (Fault("mail", b"250 " + b"x" * 5_000 + b"\r\n", then="hang"), SESSION),
-    "mail-421": (Fault("mail", b"421 4.3.2 going away\r\n"), SESSION),
-    "rcpt-421": (Fault("rcpt", b"421 4.3.2 going away\r\n"), SESSION),
-    "rcpt-truncated-multiline": (Fault("rcpt", b"250-2.1.5 Ok\r\n250-still going\r\n"), SESSION),
-    "data-421": (Fault("data", b"421 4.3.2 going away\r\n"), SESSION),
-    "data-silence": (Fault("data", then="hang"), SESSION),
-    "close-mid-data": (Fault("middata"), SESSION),
-    "dot-421": (Fault("dot", b"421 4.3.2 going away\r\n"), SESSION),
-    "dot-silence": (Fault("dot", then="hang"), SESSION),
-    "dot-garbage": (Fault("dot", b"OK THANKS\r\n"), SESSION),
-    "rset-421": (Fault("rset", b"421 4.3.2 going away\r\n"), SESSION),
-    "noop-421": (Fault("noop", b"421 4.4.2 idle too long\r\n"), IDLE),
-    "starttls-refused": (Fault("starttls", b"454 4.7.0 TLS not available\r\n", then="hang"), SETUP),
-    "starttls-handshake-fails": (Fault("starttls", b"220 2.0.0 go ahead\r\nthis is not a TLS record\r\n"),
-                                 SETUP),
+    # (fault, when it strikes: before any envelope is written, in a transaction, or on an idle connection,
+    #  what the first SOFT result says)
+    "greeting-421": (Fault("greeting", b"421 4.3.2 too busy\r\n"), SETUP, "421 4.3.2 too busy"),
+    "greeting-silence": (Fault("greeting", then="hang"), SETUP, "no complete set-up"),
+    "greeting-binary": (Fault("greeting", bytes(range(256)) + b"\r\n"), SETUP, "not an SMTP reply"),
+    "ehlo-421": (Fault("ehlo", b"421 4.3.2 going away\r\n"), SETUP, "EHLO: 421"),
+    "ehlo-truncated-multiline": (Fault("ehlo", b"250-faulty.test\r\n250-PIPELINING\r\n"), SETUP,
+                                 "truncated multi-line reply"),
+    "ehlo-bad-continuation": (Fault("ehlo", b"250-faulty.test\r\n251 SIZE\r\n", then="hang"), SETUP, "changed its code"),
+    "mail-garbage": (Fault("mail", b"\x00\xff garbage \xfe\r\n", then="hang"), SESSION, "not an SMTP reply"),
+    "mail-over-long-line": (Fault("mail", b"250 " + b"x" * 100_000 + b"\r\n", then="hang"), SESSION, "over-long reply line"),
+    "mail-long-line": (Fault("mail", b"250 " + b"x" * 5_000 + b"\r\n", then="hang"), SESSION, "over-long reply line"),
+    "mail-421": (Fault("mail", b"421 4.3.2 going away\r\n"), SESSION, "421"),
+    "rcpt-421": (Fault("rcpt", b"421 4.3.2 going away\r\n"), SESSION, "421"),
+    "rcpt-truncated-multiline": (Fault("rcpt", b"250-2.1.5 Ok\r\n250-still going\r\n"), SESSION,
+                                 "truncated multi-line reply"),
+    "data-421": (Fault("data", b"421 4.3.2 going away\r\n"), SESSION, "421"),
+    "data-silence": (Fault("data", then="hang"), SESSION, "timed out"),
+    "close-mid-data": (Fault("middata"), SESSION, "closed by the server"),
+    "dot-421": (Fault("dot", b"421 4.3.2 going away\r\n"), SESSION, "421"),
+    "dot-silence": (Fault("dot", then="hang"), SESSION, "timed out"),
+    "dot-garbage": (Fault("dot", b"OK THANKS\r\n"), SESSION, "not an SMTP reply"),
+    "rset-421": (Fault("rset", b"421 4.3.2 going away\r\n"), SESSION, "421"),
+    "noop-421": (Fault("noop", b"421 4.4.2 idle too long\r\n"), IDLE, ""),
+    "starttls-refused": (Fault("starttls", b"454 4.7.0 TLS not available\r\n", then="hang"), SETUP, "STARTTLS: 454"),
+    "starttls-handshake-garbage": (Fault("starttls", b"220 2.0.0 go ahead\r\n", then="hang",
+                                         after=b"this is not a TLS record\r\n"), SETUP, "TLS handshake failed"),
+    "starttls-handshake-closed": (Fault("starttls", b"220 2.0.0 go ahead\r\n"), SETUP, "TLS handshake failed"),
 }
 
 
 @pytest.mark.parametrize("name", list(FAULTS))
 async def test_fault_gives_every_message_a_result_and_the_pool_recovers(name, tmp_path):
-    fault, when = FAULTS[name]
+    fault, when, says = FAULTS[name]
     tls = fault.step == "starttls"
     server_ctx, client_ctx = _self_signed(tmp_path) if tls else (None, None)
     # RSET only follows a failed transaction: the first message of each connection is refused.
@@ -422,6 +426,10 @@ async def test_fault_gives_every_message_a_result_and_the_pool_recovers(name, tm
                 assert failed and not any(r.transmitted for r in failed)
             elif when == SESSION:
                 assert any(r.transmitted for r in failed)  # the message in flight when the fault struck
+            else:
+                assert failed == []  # NOOP goes before a message is written: it goes out on a new connection
+            if failed:
+                assert says in f"{failed[0].code} {failed[0].text}"
             # Retry what came back SOFT until the listener behaves (connections after the first two).
             todo = [m for m, r in zip(msgs, first, strict=True) if r.outcome is Outcome.SOFT]
             calls = 0
