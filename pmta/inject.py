@@ -44,17 +44,19 @@ _RETURN_SLACK_SECONDS = 0.25
 class _Batch:
     """Results of one send/send_many call, filled in by whichever workers carry its messages.
 
-    `done` resolves when every result is in, or is cancelled when the call's deadline passed; either way a
-    done batch takes no more results and its queued messages are skipped.
+    `done` resolves when every result is in. `live` turns False then, or when the call gave up (its deadline
+    passed, it was cancelled): a batch that is not live takes no more results and its queued messages are
+    skipped (an attribute, not `done.done()`, because workers look at it once or twice per message).
     """
 
-    __slots__ = ("results", "written", "remaining", "done")
+    __slots__ = ("results", "written", "remaining", "done", "live")
 
     def __init__(self, size: int, done: asyncio.Future[None]) -> None:
         self.results: list[SendResult | None] = [None] * size
         self.written = [False] * size   # some of the message's envelope went out: a retry costs an attempt
         self.remaining = size
         self.done = done
+        self.live = True
 
 
 # A queued message: (message, its batch, its index in the batch).
@@ -64,10 +66,11 @@ _Item = tuple[OutgoingMessage, _Batch, int]
 def _finish(item: _Item, result: SendResult) -> None:
     """Record an item's result; the first one counts, and a batch that is done (or expired) takes none."""
     batch, index = item[1], item[2]
-    if batch.results[index] is None and not batch.done.done():
+    if batch.live and batch.results[index] is None:
         batch.results[index] = result
         batch.remaining -= 1
         if not batch.remaining:
+            batch.live = False
             batch.done.set_result(None)
 
 
@@ -183,17 +186,19 @@ class Injector:
             put((msg, batch, index))
         deadline = self._deadline(len(msgs))
         try:
-            # One timer per call, not per message. On expiry `done` is cancelled, which tells the workers to
-            # skip what is still queued and to drop late results.
+            # One timer per call, not per message.
             async with asyncio.timeout(deadline):
                 await batch.done
         except TimeoutError:
+            batch.live = False
             log.warning("send_many to %s:%s passed its %.1f s deadline with %d of %d unanswered",
                         self.host, self.port, deadline, batch.remaining, len(msgs))
             reason = f"the call's {deadline:.1f} s deadline passed"
             for i, result in enumerate(batch.results):
                 if result is None:
                     batch.results[i] = lost(reason) if batch.written[i] else unsent(reason)
+        finally:
+            batch.live = False  # cancelled from outside: the workers skip the rest
         return batch.results  # type: ignore[return-value]  # every slot is filled by now
 
     async def close(self) -> None:
@@ -262,7 +267,7 @@ class Injector:
                 if item is None:
                     clean = True
                     break
-                if item[1].done.done():  # its call's deadline passed while it was queued
+                if not item[1].live:  # its call's deadline passed while it was queued
                     item = None
                     continue
                 try:
@@ -394,7 +399,7 @@ class Injector:
         written = False                  # whether `item`'s envelope went out
         try:
             while True:
-                if pending is not None and pending[1].done.done():
+                if pending is not None and not pending[1].live:
                     # Its call gave up on it: ending the data now could deliver a message already reported
                     # SOFT, so drop the connection and let the server discard the transaction.
                     s.abort("the call's deadline passed during DATA")
@@ -433,7 +438,7 @@ class Injector:
                 item = queue.get_nowait()
                 if item is None:
                     stop = True
-                elif item[1].done.done():  # its call's deadline passed while it was queued: skip it
+                elif not item[1].live:  # its call's deadline passed while it was queued: skip it
                     item = None
         except BaseException as exc:
             reason = s.error or _describe(exc)

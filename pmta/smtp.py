@@ -194,7 +194,7 @@ class Session:
         self.writer.write(line)
         return await read_reply(self.reader)
 
-    async def quit(self, timeout: float) -> None:
+    async def quit(self, timeout: float = 2.0) -> None:
         """Say QUIT politely when possible, then close; never raises for anything the peer does."""
         try:
             if self.alive():
@@ -204,7 +204,7 @@ class Session:
             pass
         self.abort("closed")
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str = "aborted") -> None:
         """Drop the connection at once; the first reason given is kept."""
         self.broken = True
         self.error = self.error or reason
