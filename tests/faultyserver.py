@@ -36,11 +36,12 @@ class FaultyListener:
     """Connections 1..faulty run the fault; the others are relayed to `backend`."""
 
     def __init__(self, backend, fault: Fault, *, faulty: int = 1, starttls: bool = False,
-                 host: str = "127.0.0.1") -> None:
+                 pipelining: bool = True, host: str = "127.0.0.1") -> None:
         self.backend = backend
         self.fault = fault
         self.faulty = faulty
         self.starttls = starttls        # advertise STARTTLS (the relayed backend must offer it too)
+        self.pipelining = pipelining    # advertise PIPELINING (likewise)
         self.host = host
         self.port = 0
         self.connections = 0
@@ -109,7 +110,8 @@ class FaultyListener:
                 if step == "ehlo":
                     return await self._play(reader, writer)
                 tls = b"250-STARTTLS\r\n" if self.starttls else b""
-                writer.write(b"250-faulty.test\r\n250-PIPELINING\r\n" + tls + b"250 8BITMIME\r\n")
+                pipelining = b"250-PIPELINING\r\n" if self.pipelining else b""
+                writer.write(b"250-faulty.test\r\n" + pipelining + tls + b"250 8BITMIME\r\n")
             elif verb == b"STAR":
                 if step == "starttls":
                     return await self._play(reader, writer)
