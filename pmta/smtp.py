@@ -195,11 +195,11 @@ class Session:
         self.writer.write(line)
         return await read_reply(self.reader)
 
-    async def quit(self, timeout: float = 2.0) -> None:
+    async def quit(self, within: float = 2.0) -> None:
         """Say QUIT politely when possible, then close; never raises for anything the peer does."""
         try:
             if self.alive():
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(within):
                     await self.command(b"QUIT\r\n")
         except (OSError, EOFError, asyncio.LimitOverrunError, NotSmtp):  # TimeoutError is an OSError
             pass
