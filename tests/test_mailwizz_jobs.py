@@ -258,6 +258,21 @@ async def three_languages(db, fake: FakeMailWizz, list_uid: str) -> dict[str, li
     return langs
 
 
+async def remote_by_language(db, fake: FakeMailWizz, campaign_id: int) -> dict[str, list]:
+    """The stand-in's campaigns of one of our campaigns, by language, in wave order."""
+    out: dict[str, list] = {}
+    for r in await db.fetch("SELECT language, campaign_uid FROM mailwizz_campaigns WHERE campaign_id = $1 "
+                            "AND campaign_uid IS NOT NULL ORDER BY language, wave", campaign_id):
+        out.setdefault(r["language"], []).append(fake.state.campaigns[r["campaign_uid"]])
+    return out
+
+
+def targeted(fake: FakeMailWizz, campaigns: list | None = None) -> set[str]:
+    """Whom the stand-in's campaigns would deliver to: the confirmed subscribers each one's list targets."""
+    return {s.email for c in (campaigns if campaigns is not None else fake.state.campaigns.values())
+            for s in fake.audience(c)}
+
+
 async def test_campaign_one_mailwizz_campaign_per_language_exactly_once(client, admin, db, fake, list_uid,
                                                                         ctx) -> None:
     langs = await three_languages(db, fake, list_uid)
@@ -266,11 +281,13 @@ async def test_campaign_one_mailwizz_campaign_per_language_exactly_once(client, 
     remote = fake.state.campaigns
     assert len(remote) == 3 and len(fake.state.templates) == 3
     await jobs.run_mailwizz_campaigns(ctx)   # runs again: nothing created twice
-    assert len(remote) == 3 and len(fake.state.templates) == 3 and len(fake.state.lists[list_uid].segments) == 3
+    assert len(remote) == 3 and len(fake.state.templates) == 3 and len(fake.state.lists) == 1 + 3
 
-    fl = fake.state.lists[list_uid]
-    by_lang = {fl.segments[c.form["segment_uid"]]["conditions"][0][1]: c for c in remote.values()}
+    by_lang = {lang: waves[0] for lang, waves in (await remote_by_language(db, fake, campaign_id)).items()}
     assert set(by_lang) == {"fr", "en", "ar"}
+    # each MailWizz campaign targets a list of its own, never the tenant's list, and no segment
+    assert len({c.form["list_uid"] for c in remote.values()} | {list_uid}) == 4
+    assert not any(c.form.get("segment_uid") for c in remote.values())
     for lang in ("fr", "ar"):
         assert {s.email for s in fake.audience(by_lang[lang])} == set(langs[lang][:4])
     assert {s.email for s in fake.audience(by_lang["en"])} == set(langs["en"])
@@ -279,9 +296,15 @@ async def test_campaign_one_mailwizz_campaign_per_language_exactly_once(client, 
     assert "[FNAME]" in fr.form["subject"] and "[COMPANY]" in fr.form["subject"]
     assert "[FNAME]" in fr.html and "[UNSUBSCRIBE_URL]" in fr.html and 'dir="rtl"' not in fr.html
     assert fr.form["from_email"] == "hello@sos.example" and fr.form["reply_to"] == "hello@sos.example"
-    # suppressed: never subscribed, and the one that was is unsubscribed
-    assert fl.by_email("fr4@fr-blocked.example") is None and fl.by_email("ar4@ar-blocked.example") is None
-    assert fl.by_email("fr5@fr-blocked.example").status == "unsubscribed"
+    wave_list = fake.state.lists[fr.form["list_uid"]]
+    assert {"FNAME", "COMPANY", "LANGUAGE"} <= set(wave_list.fields)
+    assert wave_list.by_email("fr0@fr.example").fields["COMPANY"] == "Company 1"
+    # suppressed: in no list a campaign mails (the one already in the tenant's list is left there: no
+    # campaign of ours targets that list any more)
+    blocked = {*langs["fr"][4:], *langs["ar"][4:]}
+    assert not blocked & targeted(fake)
+    assert not any(fl.by_email(e) for e in blocked for fl in fake.state.lists.values() if fl.uid != list_uid)
+    assert fake.state.lists[list_uid].by_email("fr4@fr-blocked.example") is None
 
     rows = dict(await db.fetch("SELECT c.email, s.status::text || ':' || coalesce(s.vmta, s.detail) FROM sends s "
                                "JOIN contacts c ON c.id = s.contact_id WHERE s.campaign_id = $1", campaign_id))
@@ -307,17 +330,31 @@ async def test_campaign_one_mailwizz_campaign_per_language_exactly_once(client, 
     assert len(fake.state.campaigns) == 3
 
 
-async def test_crash_while_creating_is_never_repeated(client, admin, db, fake, list_uid, ctx) -> None:
+class Died(BaseException):
+    """The worker process dying mid-call (nothing below catches a BaseException)."""
+
+
+async def test_crash_while_creating_is_never_repeated(client, admin, db, fake, list_uid, ctx, monkeypatch) -> None:
     await add_contacts(db, [f"c{i}@crash.example" for i in range(4)], languages=["fr", "en"])
     campaign_id = await start_campaign(client, admin)
-    # a previous pass died after committing 'creating' for fr: MailWizz may or may not have the campaign
-    await db.execute("INSERT INTO mailwizz_campaigns (campaign_id, tenant_id, language, status) "
-                     "VALUES ($1, 1, 'fr', 'creating')", campaign_id)
+    real_create = MailWizzClient.create_campaign
+
+    async def die_on_fr(self, spec):   # the pass dies after committing 'creating' for fr, mid-POST
+        if "[fr]" in spec.name:
+            raise Died
+        return await real_create(self, spec)
+
+    monkeypatch.setattr(MailWizzClient, "create_campaign", die_on_fr)
+    with pytest.raises(Died):
+        await jobs.run_mailwizz_campaigns(ctx)
+    monkeypatch.setattr(MailWizzClient, "create_campaign", real_create)
+    assert await db.fetchval("SELECT status FROM mailwizz_campaigns WHERE campaign_id = $1 AND language = 'fr'",
+                             campaign_id) == "creating"
     await jobs.run_mailwizz_campaigns(ctx)
-    assert len(fake.state.campaigns) == 1   # en only
-    fr = await db.fetchrow("SELECT status, error FROM mailwizz_campaigns WHERE campaign_id = $1 AND language = 'fr'",
-                           campaign_id)
-    assert fr["status"] == "in_doubt" and "not repeated" in fr["error"]
+    assert len(fake.state.campaigns) == 1   # en only: MailWizz may have fr's, so it is not created again
+    fr = await db.fetch("SELECT status, error FROM mailwizz_campaigns WHERE campaign_id = $1 AND language = 'fr'",
+                        campaign_id)
+    assert len(fr) == 1 and fr[0]["status"] == "in_doubt" and "not repeated" in fr[0]["error"]
     statuses = [r["status"] for r in await db.fetch(
         "SELECT status::text FROM sends WHERE campaign_id = $1 AND language = 'fr'", campaign_id)]
     assert statuses == ["failed", "failed"]
