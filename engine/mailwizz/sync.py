@@ -196,7 +196,7 @@ async def push_outbox(pool: asyncpg.Pool, client: MailWizzClient, install: Insta
     """Drain the tenant's outbox; a MailWizzUnavailable leaves the current batch for the next attempt."""
     assert install.list_uid
     tenant_id, list_uid = install.tenant_id, install.list_uid
-    tenant = policy.TenantPolicy.from_settings(await pool.fetchval(q("mailwizz-tenant-settings"), tenant_id))
+    tenant = policy.TenantPolicy.from_settings(await pool.fetchval(q("get-tenant-settings"), tenant_id))
     totals = PushReport()
     fields_checked = False
     while True:

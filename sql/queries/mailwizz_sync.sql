@@ -72,10 +72,6 @@ WHERE c.tenant_id = $1 AND c.id = u.id;
 -- Tenants with contacts waiting to be pushed (the minute cron's work list).
 SELECT DISTINCT tenant_id FROM mailwizz_outbox ORDER BY tenant_id;
 
--- name: mailwizz-tenant-settings
--- The tenant's knobs the send policy reads (who may be pushed: TenantPolicy.from_settings).
-SELECT settings FROM tenants WHERE id = $1;
-
 -- name: mailwizz-try-lock
 -- One worker at a time per key (a campaign, a tenant's push); released with the session if a worker dies.
 SELECT pg_try_advisory_lock(hashtextextended($1, 0));
