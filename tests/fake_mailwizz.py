@@ -345,6 +345,11 @@ class FakeMailWizz:
         sub.status = (form.get("details") or {}).get("status", sub.status)
         return 200, {"status": "success", "data": {"record": self.sub_record(sub)}}
 
+    def delete_subscriber(self, form: dict, query: dict, list_uid: str, sub_uid: str) -> tuple[int, dict]:
+        self.subscriber(list_uid, sub_uid)
+        del self.mail_list(list_uid).subscribers[sub_uid]
+        return 200, {"status": "success"}
+
     def unsubscribe(self, form: dict, query: dict, list_uid: str, sub_uid: str) -> tuple[int, dict]:
         self.subscriber(list_uid, sub_uid).status = "unsubscribed"
         return 200, {"status": "success"}
@@ -458,6 +463,7 @@ ROUTES = [
     ("POST", r"lists/(\w+)/subscribers/bulk", FakeMailWizz.bulk_subscribers),
     ("GET", r"lists/(\w+)/subscribers/search-by-email", FakeMailWizz.search_by_email),
     ("PUT", r"lists/(\w+)/subscribers/(\w+)", FakeMailWizz.update_subscriber),
+    ("DELETE", r"lists/(\w+)/subscribers/(\w+)", FakeMailWizz.delete_subscriber),
     ("PUT", r"lists/(\w+)/subscribers/(\w+)/unsubscribe", FakeMailWizz.unsubscribe),
     ("POST", r"templates", FakeMailWizz.create_template),
     ("POST", r"campaigns", FakeMailWizz.create_campaign),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import asyncpg
 import pytest
 from arq import Retry
@@ -258,6 +260,21 @@ async def three_languages(db, fake: FakeMailWizz, list_uid: str) -> dict[str, li
     return langs
 
 
+async def remote_by_language(db, fake: FakeMailWizz, campaign_id: int) -> dict[str, list]:
+    """The stand-in's campaigns of one of our campaigns, by language, in wave order."""
+    out: dict[str, list] = {}
+    for r in await db.fetch("SELECT language, campaign_uid FROM mailwizz_campaigns WHERE campaign_id = $1 "
+                            "AND campaign_uid IS NOT NULL ORDER BY language, wave", campaign_id):
+        out.setdefault(r["language"], []).append(fake.state.campaigns[r["campaign_uid"]])
+    return out
+
+
+def targeted(fake: FakeMailWizz, campaigns: list | None = None) -> set[str]:
+    """Whom the stand-in's campaigns would deliver to: the confirmed subscribers each one's list targets."""
+    return {s.email for c in (campaigns if campaigns is not None else fake.state.campaigns.values())
+            for s in fake.audience(c)}
+
+
 async def test_campaign_one_mailwizz_campaign_per_language_exactly_once(client, admin, db, fake, list_uid,
                                                                         ctx) -> None:
     langs = await three_languages(db, fake, list_uid)
@@ -266,11 +283,13 @@ async def test_campaign_one_mailwizz_campaign_per_language_exactly_once(client, 
     remote = fake.state.campaigns
     assert len(remote) == 3 and len(fake.state.templates) == 3
     await jobs.run_mailwizz_campaigns(ctx)   # runs again: nothing created twice
-    assert len(remote) == 3 and len(fake.state.templates) == 3 and len(fake.state.lists[list_uid].segments) == 3
+    assert len(remote) == 3 and len(fake.state.templates) == 3 and len(fake.state.lists) == 1 + 3
 
-    fl = fake.state.lists[list_uid]
-    by_lang = {fl.segments[c.form["segment_uid"]]["conditions"][0][1]: c for c in remote.values()}
+    by_lang = {lang: waves[0] for lang, waves in (await remote_by_language(db, fake, campaign_id)).items()}
     assert set(by_lang) == {"fr", "en", "ar"}
+    # each MailWizz campaign targets a list of its own, never the tenant's list, and no segment
+    assert len({c.form["list_uid"] for c in remote.values()} | {list_uid}) == 4
+    assert not any(c.form.get("segment_uid") for c in remote.values())
     for lang in ("fr", "ar"):
         assert {s.email for s in fake.audience(by_lang[lang])} == set(langs[lang][:4])
     assert {s.email for s in fake.audience(by_lang["en"])} == set(langs["en"])
@@ -279,9 +298,15 @@ async def test_campaign_one_mailwizz_campaign_per_language_exactly_once(client, 
     assert "[FNAME]" in fr.form["subject"] and "[COMPANY]" in fr.form["subject"]
     assert "[FNAME]" in fr.html and "[UNSUBSCRIBE_URL]" in fr.html and 'dir="rtl"' not in fr.html
     assert fr.form["from_email"] == "hello@sos.example" and fr.form["reply_to"] == "hello@sos.example"
-    # suppressed: never subscribed, and the one that was is unsubscribed
-    assert fl.by_email("fr4@fr-blocked.example") is None and fl.by_email("ar4@ar-blocked.example") is None
-    assert fl.by_email("fr5@fr-blocked.example").status == "unsubscribed"
+    wave_list = fake.state.lists[fr.form["list_uid"]]
+    assert {"FNAME", "COMPANY", "LANGUAGE"} <= set(wave_list.fields)
+    assert wave_list.by_email("fr0@fr.example").fields["COMPANY"] == "Company 1"
+    # suppressed: in no list a campaign mails (the one already in the tenant's list is left there: no
+    # campaign of ours targets that list any more)
+    blocked = {*langs["fr"][4:], *langs["ar"][4:]}
+    assert not blocked & targeted(fake)
+    assert not any(fl.by_email(e) for e in blocked for fl in fake.state.lists.values() if fl.uid != list_uid)
+    assert fake.state.lists[list_uid].by_email("fr4@fr-blocked.example") is None
 
     rows = dict(await db.fetch("SELECT c.email, s.status::text || ':' || coalesce(s.vmta, s.detail) FROM sends s "
                                "JOIN contacts c ON c.id = s.contact_id WHERE s.campaign_id = $1", campaign_id))
@@ -307,17 +332,31 @@ async def test_campaign_one_mailwizz_campaign_per_language_exactly_once(client, 
     assert len(fake.state.campaigns) == 3
 
 
-async def test_crash_while_creating_is_never_repeated(client, admin, db, fake, list_uid, ctx) -> None:
+class Died(BaseException):
+    """The worker process dying mid-call (nothing below catches a BaseException)."""
+
+
+async def test_crash_while_creating_is_never_repeated(client, admin, db, fake, list_uid, ctx, monkeypatch) -> None:
     await add_contacts(db, [f"c{i}@crash.example" for i in range(4)], languages=["fr", "en"])
     campaign_id = await start_campaign(client, admin)
-    # a previous pass died after committing 'creating' for fr: MailWizz may or may not have the campaign
-    await db.execute("INSERT INTO mailwizz_campaigns (campaign_id, tenant_id, language, status) "
-                     "VALUES ($1, 1, 'fr', 'creating')", campaign_id)
+    real_create = MailWizzClient.create_campaign
+
+    async def die_on_fr(self, spec):   # the pass dies after committing 'creating' for fr, mid-POST
+        if "[fr]" in spec.name:
+            raise Died
+        return await real_create(self, spec)
+
+    monkeypatch.setattr(MailWizzClient, "create_campaign", die_on_fr)
+    with pytest.raises(Died):
+        await jobs.run_mailwizz_campaigns(ctx)
+    monkeypatch.setattr(MailWizzClient, "create_campaign", real_create)
+    assert await db.fetchval("SELECT status FROM mailwizz_campaigns WHERE campaign_id = $1 AND language = 'fr'",
+                             campaign_id) == "creating"
     await jobs.run_mailwizz_campaigns(ctx)
-    assert len(fake.state.campaigns) == 1   # en only
-    fr = await db.fetchrow("SELECT status, error FROM mailwizz_campaigns WHERE campaign_id = $1 AND language = 'fr'",
-                           campaign_id)
-    assert fr["status"] == "in_doubt" and "not repeated" in fr["error"]
+    assert len(fake.state.campaigns) == 1   # en only: MailWizz may have fr's, so it is not created again
+    fr = await db.fetch("SELECT status, error FROM mailwizz_campaigns WHERE campaign_id = $1 AND language = 'fr'",
+                        campaign_id)
+    assert len(fr) == 1 and fr[0]["status"] == "in_doubt" and "not repeated" in fr[0]["error"]
     statuses = [r["status"] for r in await db.fetch(
         "SELECT status::text FROM sends WHERE campaign_id = $1 AND language = 'fr'", campaign_id)]
     assert statuses == ["failed", "failed"]
@@ -390,3 +429,198 @@ def test_render_with_mailwizz_tags_and_empty_unknowns() -> None:
     out = mailwizz_campaigns.render_for_mailwizz(TemplateBook(1, [t]), t)
     assert out.subject == "[FNAME], " and "[COMPANY] Ali" in out.html and 'dir="rtl"' in out.html
     assert "[UNSUBSCRIBE_URL]" in out.html and "[UNSUBSCRIBE_URL]" in out.text
+
+
+# --- the campaign's audience, and the one send policy -----------------------------------------------------
+
+async def tag(db, tag_slug: str, contact_ids: list[int]) -> None:
+    await db.execute("INSERT INTO contact_tags (contact_id, tag_id) SELECT unnest($1::bigint[]), id FROM tags "
+                     "WHERE tenant_id = 1 AND slug = $2", contact_ids, tag_slug)
+
+
+async def send_rows(db, campaign_id: int) -> dict[str, str]:
+    """email -> status:detail of each row of the campaign."""
+    return dict(await db.fetch("SELECT c.email, s.status::text || ':' || coalesce(s.detail, '') FROM sends s "
+                               "JOIN contacts c ON c.id = s.contact_id WHERE s.campaign_id = $1", campaign_id))
+
+
+async def test_campaign_mails_its_audience_not_the_whole_list(client, admin, db, fake, list_uid, ctx) -> None:
+    # The tenant's MailWizz list holds 100 French subscribers; the campaign's audience is the 10 tagged 'avocat'.
+    emails = [f"all{i}@list.example" for i in range(100)]
+    ids = await add_contacts(db, emails, languages=["fr"], outbox=True)
+    assert (await jobs.push_contacts_to_mailwizz(ctx, 1))["pushed"] == 100
+    tenant_list = fake.state.lists[list_uid]
+    assert sum(1 for s in tenant_list.subscribers.values() if s.fields.get("LANGUAGE") == "fr") == 100
+    await tag(db, "avocat", ids[:10])
+    await tag(db, "client", ids[50:55])
+    avocats = await start_campaign(client, admin, audience={"tags": ["avocat"]})
+    clients = await start_campaign(client, admin, name="Clients", audience={"tags": ["client"]})
+
+    await jobs.run_mailwizz_campaigns(ctx)
+    ours = await remote_by_language(db, fake, avocats)
+    theirs = await remote_by_language(db, fake, clients)
+    assert targeted(fake, ours["fr"]) == set(emails[:10])        # exactly the audience, not the 100
+    assert targeted(fake, theirs["fr"]) == set(emails[50:55])    # and nothing of the other campaign's
+    assert targeted(fake) == set(emails[:10]) | set(emails[50:55])
+    assert len(tenant_list.subscribers) == 100                   # the tenant's list is not what is mailed
+    for _ in range(4):
+        await jobs.run_mailwizz_campaigns(ctx)
+    stats = await db.fetchval("SELECT stats FROM mailwizz_campaigns WHERE campaign_id = $1", avocats)
+    assert stats["subscribers_count"] == 10 and stats["delivery_success_count"] == 10
+    assert await db.fetchval("SELECT status::text FROM campaigns WHERE id = $1", avocats) == "completed"
+
+
+async def test_pending_contacts_wait_for_validation_then_go_in_a_later_wave(client, admin, db, fake, list_uid,
+                                                                            pool) -> None:
+    await db.execute("UPDATE tenants SET settings = settings || '{\"validation_wait_hours\": 2}' WHERE id = 1")
+    valid = [f"v{i}@wait.example" for i in range(3)]
+    pending = [f"p{i}@wait.example" for i in range(4)]
+    await add_contacts(db, valid, languages=["fr"])
+    pending_ids = await add_contacts(db, pending, languages=["fr"], status="pending")
+    campaign_id = await start_campaign(client, admin, audience={"statuses": ["valid", "pending"]})
+    expedited: list[tuple[int, list[int]]] = []
+
+    async def expedite(tenant_id: int, contact_ids: list[int]) -> None:
+        expedited.append((tenant_id, sorted(contact_ids)))
+
+    async def one_pass() -> str:
+        return await mailwizz_campaigns.run_campaign(pool, SECRET_KEY, campaign_id, expedite=expedite)
+
+    assert await one_pass() == "sending"
+    assert targeted(fake) == set(valid)                              # none of the pending handed over
+    rows = await send_rows(db, campaign_id)
+    assert {rows[e] for e in pending} == {"queued:waiting for the contact's validation"}
+    assert expedited == [(1, sorted(pending_ids))]                   # their validation is moved up
+    assert await db.fetchval("SELECT count(*) FROM sends WHERE campaign_id = $1 AND waiting_since IS NOT NULL",
+                             campaign_id) == 4
+    assert await one_pass() == "sending" and len(fake.state.campaigns) == 1   # still pending: still waiting
+
+    # p0, p1 validated, p2 found invalid, p3 still pending past the tenant's two hours of validation wait
+    await db.execute("UPDATE contacts SET status = 'valid' WHERE email IN ('p0@wait.example', 'p1@wait.example')")
+    await db.execute("UPDATE contacts SET status = 'invalid' WHERE email = 'p2@wait.example'")
+    await db.execute("UPDATE sends s SET waiting_since = now() - interval '3 hours', next_attempt_at = now() "
+                     "FROM contacts c WHERE c.id = s.contact_id AND c.email = 'p3@wait.example'")   # recheck due
+    await one_pass()
+    assert targeted(fake) == set(valid) | {"p0@wait.example", "p1@wait.example"}
+    waves = await remote_by_language(db, fake, campaign_id)
+    assert [targeted(fake, [c]) for c in waves["fr"]] == [set(valid), {"p0@wait.example", "p1@wait.example"}]
+    assert waves["fr"][0].form["list_uid"] != waves["fr"][1].form["list_uid"]   # a list of its own per wave
+    rows = await send_rows(db, campaign_id)
+    assert rows["p0@wait.example"].startswith("injected:") and rows["p1@wait.example"].startswith("injected:")
+    assert rows["p2@wait.example"] == "skipped:contact is invalid"
+    assert rows["p3@wait.example"] == "skipped:contact not validated within 2 h"
+
+
+async def test_suppressed_and_risky_contacts_are_never_handed_over(client, admin, db, fake, list_uid, ctx) -> None:
+    await db.execute("UPDATE tenants SET settings = settings || '{\"mail_risky\": false}' WHERE id = 1")
+    await add_contacts(db, ["ok0@pol.example", "ok1@pol.example", "held@blocked.example"], languages=["de"])
+    await add_contacts(db, ["r0@pol.example", "r1@pol.example"], languages=["de"], status="risky")
+    # suppressed after the audience was chosen: the contact still reads valid, the suppression list says no
+    await db.execute("INSERT INTO suppressions (tenant_id, value, reason) VALUES (1, 'blocked.example', 'manual')")
+    campaign_id = await start_campaign(client, admin, audience={"statuses": ["valid", "risky"]})
+    await jobs.run_mailwizz_campaigns(ctx)
+    assert targeted(fake) == {"ok0@pol.example", "ok1@pol.example"}
+    handed = {s.email for fl in fake.state.lists.values() if fl.uid != list_uid for s in fl.subscribers.values()}
+    assert handed == {"ok0@pol.example", "ok1@pol.example"}
+    rows = await send_rows(db, campaign_id)
+    assert rows["held@blocked.example"] == "skipped:suppressed"
+    assert rows["r0@pol.example"] == rows["r1@pol.example"] == (
+        "skipped:contact is risky and the tenant mails only valid contacts")
+
+    # a row that no longer passes between joining its wave and the campaign POST is taken out of the list
+    await db.execute("UPDATE tenants SET settings = settings || '{\"mail_risky\": true}' WHERE id = 1")
+    await add_contacts(db, ["late0@pol.example", "late1@pol.example"], languages=["de"])
+    again = await start_campaign(client, admin, name="again")
+    real_dispatch = fake.dispatch
+
+    def refuse_campaign_post(method, path, *args):
+        if method == "POST" and path == "campaigns":
+            fake.fail_next(1, 503, retry_after="900")
+        return real_dispatch(method, path, *args)
+
+    fake.dispatch = refuse_campaign_post
+    assert (await jobs.run_mailwizz_campaigns(ctx))[again].startswith("error:")
+    fake.dispatch = real_dispatch
+    await suppression.add_suppressions(db, 1, ["late1@pol.example"], reason="unsubscribe")
+    await jobs.run_mailwizz_campaigns(ctx)
+    ours = (await remote_by_language(db, fake, again))["de"]
+    assert targeted(fake, ours) == {"ok0@pol.example", "ok1@pol.example", "late0@pol.example"}
+    assert fake.state.lists[ours[0].form["list_uid"]].by_email("late1@pol.example") is None   # deleted
+    assert (await send_rows(db, again))["late1@pol.example"] == "skipped:contact is unsubscribed"
+
+
+async def test_daily_cap_hands_over_at_most_n_a_day(client, admin, db, fake, list_uid, ctx) -> None:
+    emails = [f"d{i}@cap.example" for i in range(10)]
+    await add_contacts(db, emails, languages=["fr", "en"])
+    campaign_id = await start_campaign(client, admin, daily_cap=4)
+    await jobs.run_mailwizz_campaigns(ctx)
+    assert len(targeted(fake)) == 4 and len(fake.state.campaigns) == 2     # fr and en share the day's 4
+    for _ in range(3):   # the same day: nothing more
+        await jobs.run_mailwizz_campaigns(ctx)
+    assert len(targeted(fake)) == 4
+    counts = dict(await db.fetch("SELECT status::text, count(*) FROM sends WHERE campaign_id = $1 GROUP BY 1",
+                                 campaign_id))
+    assert counts == {"injected": 4, "queued": 6}
+    assert await db.fetchval("SELECT status::text FROM campaigns WHERE id = $1", campaign_id) == "sending"
+
+    for day in (1, 2):   # the next day (the cap's days moved back): the next 4, in new waves and lists
+        await db.execute("UPDATE mailwizz_wave_sends SET day = day - 1 WHERE campaign_id = $1", campaign_id)
+        await jobs.run_mailwizz_campaigns(ctx)
+        assert len(targeted(fake)) == min(10, 4 * (day + 1))
+    per_day = [r["n"] for r in await db.fetch("SELECT day, count(*) AS n FROM mailwizz_wave_sends "
+                                              "WHERE campaign_id = $1 GROUP BY day ORDER BY day", campaign_id)]
+    assert per_day == [4, 4, 2] and targeted(fake) == set(emails)
+    for _ in range(4):
+        await jobs.run_mailwizz_campaigns(ctx)
+    assert await db.fetchval("SELECT status::text FROM campaigns WHERE id = $1", campaign_id) == "completed"
+
+
+def window_around(now: dt.datetime, *, inside: bool) -> dict[str, str]:
+    start = now + (dt.timedelta(hours=-1) if inside else dt.timedelta(hours=2))
+    return {"start": start.strftime("%H:%M"), "end": (start + dt.timedelta(hours=2)).strftime("%H:%M"),
+            "timezone": "UTC"}
+
+
+async def test_outside_the_window_nothing_is_created(client, admin, db, fake, list_uid, ctx) -> None:
+    await add_contacts(db, [f"w{i}@window.example" for i in range(3)], languages=["it"])
+    now = dt.datetime.now(dt.UTC)
+    campaign_id = await start_campaign(client, admin, window=window_around(now, inside=False))
+    for _ in range(2):
+        assert await jobs.run_mailwizz_campaigns(ctx) == {campaign_id: "outside the sending window"}
+    assert not fake.state.campaigns and list(fake.state.lists) == [list_uid]
+    assert set((await send_rows(db, campaign_id)).values()) == {"queued:"}
+
+    await db.execute("UPDATE campaigns SET send_window = $2 WHERE id = $1", campaign_id,
+                     window_around(now, inside=True))
+    assert await jobs.run_mailwizz_campaigns(ctx) == {campaign_id: "sending"}
+    assert len(targeted(fake)) == 3
+    (remote,) = fake.state.campaigns.values()
+    assert remote.status == "sending"
+    # the window closes while MailWizz is still sending: paused there until it opens again
+    await db.execute("UPDATE campaigns SET send_window = $2 WHERE id = $1", campaign_id,
+                     window_around(now, inside=False))
+    await jobs.run_mailwizz_campaigns(ctx)
+    assert remote.status == "paused"
+    assert await db.fetchval("SELECT status FROM mailwizz_campaigns WHERE campaign_id = $1", campaign_id) == "paused"
+    await jobs.run_mailwizz_campaigns(ctx)
+    assert remote.status == "paused"
+    await db.execute("UPDATE campaigns SET send_window = $2 WHERE id = $1", campaign_id,
+                     window_around(now, inside=True))
+    await jobs.run_mailwizz_campaigns(ctx)
+    assert remote.status in ("sending", "sent")
+
+
+async def test_unsubscribes_in_a_wave_list_reach_the_suppression_list(client, admin, db, fake, list_uid,
+                                                                      ctx) -> None:
+    await add_contacts(db, ["leaver@wave.example", "stayer@wave.example"], languages=["fr"])
+    await add_contacts(db, ["leaver@wave.example"], languages=["fr"], tenant_id=2)
+    campaign_id = await start_campaign(client, admin)
+    await jobs.run_mailwizz_campaigns(ctx)
+    (remote,) = fake.state.campaigns.values()
+    wave_list = fake.state.lists[remote.form["list_uid"]]
+    wave_list.by_email("leaver@wave.example").status = "unsubscribed"    # clicked [UNSUBSCRIBE_URL]
+    assert await jobs.pull_mailwizz_unsubscribes(ctx) == {1: 1}
+    assert await db.fetch("SELECT tenant_id, value, reason::text, source FROM suppressions") == [
+        (1, "leaver@wave.example", "unsubscribe", "mailwizz")]     # tenant 2's contact of that address untouched
+    assert await db.fetchval("SELECT status::text FROM contacts WHERE tenant_id = 2") == "valid"
+    assert campaign_id

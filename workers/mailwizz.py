@@ -21,6 +21,7 @@ from engine.mailwizz import campaigns as mailwizz_campaigns
 from engine.mailwizz import sync as mailwizz_sync
 from engine.mailwizz.wire import MailWizzError, MailWizzUnavailable
 from sql import q
+from workers.campaigns import expediter
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +81,23 @@ async def flush_mailwizz_outbox(ctx: dict) -> dict:
     return done
 
 
+def _expedite(ctx: dict) -> mailwizz_campaigns.Expedite | None:
+    """Contacts a campaign waits for are validated ahead of the queue, as on the PowerMTA path."""
+    settings, redis = ctx.get("settings"), ctx.get("redis")
+    if settings is None or redis is None:
+        return None
+    return expediter(redis, settings.queue_name)
+
+
 async def run_mailwizz_campaigns(ctx: dict) -> dict:
     """One pass over every MailWizz campaign that is going, or whose pause/cancel MailWizz has not seen."""
     out: dict[int, str] = {}
+    expedite = _expedite(ctx)
     for row in await ctx["pool"].fetch(q("mwc-active-campaigns")):
         try:
             out[row["id"]] = await mailwizz_campaigns.run_campaign(ctx["pool"], ctx["secret_key"], row["id"],
-                                                                   http=ctx.get("mailwizz_http"))
+                                                                   http=ctx.get("mailwizz_http"),
+                                                                   expedite=expedite)
         except MailWizzError as exc:   # the next pass retries; groups already created are not created again
             log.warning("campaign %s: MailWizz: %s", row["id"], exc)
             out[row["id"]] = f"error: {exc}"

@@ -1,24 +1,44 @@
-"""Sending a `mailwizz` campaign: one MailWizz campaign per language group, created once, polled to the end.
+"""Sending a `mailwizz` campaign: its audience handed to MailWizz in waves, each a list and a campaign of its own.
 
-One pass (`run_campaign`) does what is due and returns; the worker repeats it every few seconds:
-audience into `sends` → each queued row checked (suppressed, no template, not subscribable: skipped) and its
-contact made a subscriber → suppressed subscribers unsubscribed in MailWizz → per language: a template, a
-segment on LANGUAGE, a campaign → its rows `injected` (vmta 'mailwizz') → stats polled until MailWizz says
-sent → our campaign completed. Pause, resume and cancel are repeated on MailWizz at the next pass.
+One pass (`run_campaign`) does what is due and returns; the worker repeats it every few seconds: audience into
+`sends` → inside the campaign's sending window, each queued row goes through the one send policy
+(engine.sending.policy.verdict with the tenant's TenantPolicy, as the PowerMTA path applies it): skipped with
+the reason, held (still queued) while its contact is pending, or given to its language's open wave, at most the
+campaign's daily cap per tenant-local day → per open wave: its rows checked again, a list of its own created
+and filled with exactly those rows' contacts, a campaign on that list → the rows `injected` (vmta 'mailwizz')
+→ stats polled until MailWizz says sent → our campaign completed. Pause, resume and cancel are repeated on
+MailWizz at the next pass; outside the window nothing is created, and MailWizz campaigns still sending are
+paused until it opens again.
+
+Why a list per wave rather than a segment (/work/shared/reference/mailwizz-api.md §6, §6.1, §6.3): a MailWizz
+campaign mails the confirmed subscribers of its `list_uid`, narrowed by an optional `segment_uid`. The
+reference documents creating a list (`POST lists` → 201 `list_uid`), filling it (`subscribers/bulk`) and
+`campaign[list_uid]`; of segments it documents only the listing (`GET lists/{list_uid}/segments`), and a
+per-campaign segment would also need a per-campaign field on the tenant's list set by one PUT per subscriber.
+A list holding only the rows handed over, mailed by one campaign, is that campaign's audience by construction
+and cannot reach another tenant's or campaign's contacts. Rows validated later, or kept for the next day's cap,
+go into the next wave's list, never into a list whose campaign already went (MailWizz would mail them or not
+depending on how far its send had got). Whoever unsubscribes in a wave list reaches the suppression list
+through the hourly pull (engine.mailwizz.sync.pull_unsubscribes walks the tenant's recent wave lists); an
+address the engine suppresses is unsubscribed from every list by the propagation job.
+
+Crash safety: the pass holds the campaign's advisory lock, so it is the only writer of the campaign's rows, and
+writes a row only while it is still `queued`, i.e. not handed over (no claimed_by/claim_gen fence is needed:
+there is no second writer). A wave's rows are recorded (mailwizz_wave_sends) before MailWizz sees anything;
+'creating' is committed just before the campaign POST, and found again it means a crash while MailWizz may have
+created the campaign: the wave is in_doubt, its rows failed, never created twice.
 
 Personalisation: our template is rendered once per language with MailWizz's list tags in place of contact
 fields (MERGE_TAGS), so MailWizz fills them in per subscriber. A variable with no tag (custom fields, say)
 renders as its `|default`, or empty.
-
-Known limit: a segment is "LANGUAGE is xx" on the tenant's whole list, so MailWizz mails every confirmed
-subscriber of that language, not only the campaign's audience filter (tags, categories, sources). Send
-windows and daily caps are PowerMTA-path settings and are not applied here.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 
@@ -33,20 +53,19 @@ from engine.languages import template_language
 from engine.layout import RenderedEmail, render_email
 from engine.mailwizz.client import NOT_SENT_ERRORS, CampaignIn, CampaignStatus, MailWizzClient, PushOutcome
 from engine.mailwizz.sync import (
-    LIST_FIELDS,
-    PUSHABLE,
-    Install,
     PushContact,
     ensure_list_fields,
     get_install,
     make_client,
-    subscribe,
+    subscriber_in,
     try_lock,
-    unsubscribe_suppressed,
 )
-from engine.mailwizz.wire import MailWizzError, MailWizzUnavailable, MailWizzValidationError
+from engine.mailwizz.wire import MailWizzError, MailWizzNotFound, MailWizzUnavailable, MailWizzValidationError
 from engine.rendering import MissingVariable, TemplateRejected
+from engine.sending import policy
+from engine.sending.policy import Hold, Skip, TenantPolicy
 from engine.templates import Template, TemplateBook, load_template_book
+from engine.warmup import today_in_timezone
 from sql import q
 
 log = logging.getLogger(__name__)
@@ -65,8 +84,10 @@ VMTA = "mailwizz"
 # Statuses at which MailWizz has surely not acted on a request: repeating the POST cannot create a second one.
 NOT_PROCESSED = frozenset({429, 503})
 
+Expedite = Callable[[int, list[int]], Awaitable[None]]
 
-class GroupStatus(StrEnum):
+
+class WaveStatus(StrEnum):
     PENDING = "pending"
     CREATING = "creating"
     SENDING = "sending"
@@ -77,7 +98,8 @@ class GroupStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-FINAL = frozenset({GroupStatus.SENT, GroupStatus.FAILED, GroupStatus.IN_DOUBT, GroupStatus.CANCELLED})
+FINAL = frozenset({WaveStatus.SENT, WaveStatus.FAILED, WaveStatus.IN_DOUBT, WaveStatus.CANCELLED})
+OPEN = (WaveStatus.PENDING, WaveStatus.CREATING)
 
 
 class Ended(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,27 +108,42 @@ class Ended(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     status: str
     detail: str
-    attempted: int = 0
 
 
-class Unprepared(msgspec.Struct, frozen=True, kw_only=True):
+class Due(msgspec.Struct, frozen=True, kw_only=True):
+    """A queued row in no wave, with what the policy reads."""
+
     id: int
     contact_id: int
+    waiting_since: dt.datetime | None
     email: str | None
     contact_status: str
     language: str | None
-    mailwizz_subscriber_uid: str | None
 
 
-class Group(msgspec.Struct, frozen=True, kw_only=True):
+class Member(msgspec.Struct, frozen=True, kw_only=True):
+    """A queued row of a wave; subscriber_uid once it is in the wave's list."""
+
+    id: int
+    contact_id: int
+    waiting_since: dt.datetime | None
+    email: str | None
+    contact_status: str
+    subscriber_uid: str | None
+
+
+class Wave(msgspec.Struct, frozen=True, kw_only=True):
+    """One MailWizz campaign of ours: a language, a list of its own, the rows in it."""
+
     id: int
     campaign_id: int
     tenant_id: int
     language: str
+    wave: int
     template_id: int | None
+    template_version: int | None
     list_uid: str | None
     template_uid: str | None
-    segment_uid: str | None
     campaign_uid: str | None
     status: str
     stats: dict[str, Any]
@@ -127,8 +164,17 @@ def render_for_mailwizz(book: TemplateBook, template: Template) -> RenderedEmail
     raise MissingVariable(next(iter(compiled.variables), "?"))
 
 
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _verdict(row: Due | Member, blocked: set[str], tenant: TenantPolicy, now: dt.datetime) -> policy.Verdict:
+    return policy.verdict(policy.Row(email=row.email, contact_status=row.contact_status,
+                                     waiting_since=row.waiting_since), blocked, tenant, now)
+
+
 async def run_campaign(pool: asyncpg.Pool, secret_key: str, campaign_id: int, *,
-                       http: httpx.AsyncClient | None = None) -> str:
+                       http: httpx.AsyncClient | None = None, expedite: Expedite | None = None) -> str:
     """One pass over a MailWizz campaign; returns what state it is in (or why nothing was done)."""
     async with try_lock(pool, f"mailwizz-campaign:{campaign_id}") as got:
         if not got:
@@ -141,37 +187,41 @@ async def run_campaign(pool: asyncpg.Pool, secret_key: str, campaign_id: int, *,
                 return "scheduled"
             camp = await campaigns.get_campaign(pool, camp.tenant_id, campaign_id)
         install = await get_install(pool, camp.tenant_id)
-        client = make_client(install, secret_key, http) if install is not None and install.list_uid else None
-        if install is None or client is None:
-            log.warning("campaign %s: tenant %s has no usable MailWizz install (key and list_uid)",
-                        campaign_id, camp.tenant_id)
+        client = make_client(install, secret_key, http) if install is not None else None
+        if client is None:
+            log.warning("campaign %s: tenant %s has no usable MailWizz install (API key)", campaign_id,
+                        camp.tenant_id)
             return "no mailwizz install"
         async with client:
             if camp.status == "sending":
-                return await _send(pool, client, install, camp)
-            await _follow(pool, client, camp)
+                return await _send(pool, client, camp, expedite)
+            await _follow(pool, client, camp, inside=True)
             return camp.status
 
 
-async def _send(pool: asyncpg.Pool, client: MailWizzClient, install: Install, camp: Campaign) -> str:
+async def _send(pool: asyncpg.Pool, client: MailWizzClient, camp: Campaign, expedite: Expedite | None) -> str:
     if not camp.audience_ready:
         await _fill_audience(pool, camp)
-    book = await load_template_book(pool, camp.tenant_id)
-    await _prepare(pool, client, install, camp, book)
-    languages = [r["language"] for r in await pool.fetch(q("mwc-queued-languages"), camp.id)]
-    if languages:
-        swept = await unsubscribe_suppressed(pool, client, install)
-        if swept:
-            log.info("campaign %s: %d suppressed subscribers unsubscribed in MailWizz first", camp.id, swept)
-    for language in languages:
-        await _launch(pool, client, install, camp, book, language)
-    await _follow(pool, client, camp)
-    groups = await _groups(pool, camp.id)
-    if all(g.status in FINAL for g in groups) and not await pool.fetchval(q("mwc-unprepared-left"), camp.id):
+    state = await pool.fetchrow(q("campaign-run-state"), camp.id)
+    tenant = TenantPolicy.from_settings(state["settings"])
+    now = _now()
+    inside = policy.window_wait(camp.send_window, now) == 0
+    for wave in await _waves(pool, camp.id, (WaveStatus.CREATING,)):
+        # We hold the campaign lock, so the pass that wrote 'creating' died mid-POST: MailWizz may have it.
+        await _give_up(pool, camp, wave, WaveStatus.IN_DOUBT, "interrupted while MailWizz was creating the "
+                       "campaign; not repeated so nobody is mailed twice (check MailWizz)")
+    if inside:
+        book = await load_template_book(pool, camp.tenant_id)
+        await _assign(pool, camp, book, tenant, today_in_timezone(state["timezone"], now), expedite)
+        for wave in await _waves(pool, camp.id, (WaveStatus.PENDING,)):
+            await _launch(pool, client, camp, book, tenant, wave)
+    await _follow(pool, client, camp, inside=inside)
+    waves = await _waves(pool, camp.id, tuple(WaveStatus))
+    if all(w.status in FINAL for w in waves) and not await pool.fetchval(q("mwc-unassigned-left"), camp.id):
         if await campaigns.complete_if_done(pool, camp.id):
             log.info("campaign %s completed (MailWizz)", camp.id)
             return "completed"
-    return "sending"
+    return "sending" if inside else "outside the sending window"
 
 
 async def _fill_audience(pool: asyncpg.Pool, camp: Campaign) -> None:
@@ -185,144 +235,219 @@ async def _fill_audience(pool: asyncpg.Pool, camp: Campaign) -> None:
             return
 
 
-async def _prepare(pool: asyncpg.Pool, client: MailWizzClient, install: Install, camp: Campaign,
-                   book: TemplateBook) -> None:
-    """Give each queued row its language group and template, or skip it; make its contact a subscriber."""
-    assert install.list_uid
-    cursor, fields_checked = 0, False
-    while True:
-        rows = [Unprepared(**r) for r in await pool.fetch(q("mwc-unprepared-sends"), camp.id, cursor, PREPARE_PAGE)]
+async def _assign(pool: asyncpg.Pool, camp: Campaign, book: TemplateBook, tenant: TenantPolicy, day: dt.date,
+                  expedite: Expedite | None) -> None:
+    """Run the policy on the rows in no wave: skip them, hold them, or give them to their language's open wave.
+
+    At most the daily cap's room of the tenant-local `day` joins a wave; once it is used the rest of the queue
+    is not even read (it waits for tomorrow).
+    """
+    room: float = math.inf
+    if camp.daily_cap is not None:
+        room = camp.daily_cap - await pool.fetchval(q("mwc-handed-on-day"), camp.id, day)
+    cursor = 0
+    waves: dict[str, int] = {}
+    while room > 0:
+        rows = [Due(**r) for r in await pool.fetch(q("mwc-due-sends"), camp.id, cursor, PREPARE_PAGE)]
         if not rows:
             return
         cursor = rows[-1].id
+        now = _now()
         blocked = await suppression.suppressed_among(pool, camp.tenant_id, [r.email for r in rows if r.email])
-        done: list[Ended] = []
-        live: list[Unprepared] = []
+        ended: list[Ended] = []
+        held: list[Due] = []
+        joined: list[tuple[int, int, str, int]] = []
         for row in rows:
-            reason = _skip_reason(row, blocked)
-            if reason:
-                done.append(Ended(id=row.id, status=SendStatus.SKIPPED, attempted=0, detail=reason))
-            else:
-                live.append(row)
-        missing = [r.contact_id for r in live if not r.mailwizz_subscriber_uid]
-        pushes = {}
-        if missing:
-            if not fields_checked:
-                await ensure_list_fields(client, install.list_uid)
-                fields_checked = True
-            contacts = [PushContact(**c) for c in await pool.fetch(q("mailwizz-contacts-by-id"), camp.tenant_id, missing)]
-            pushes = await subscribe(pool, client, install.list_uid, camp.tenant_id, contacts)
-        ready: list[tuple[int, str, int, int]] = []
-        for row in live:
-            push = pushes.get(row.contact_id)
-            if not row.mailwizz_subscriber_uid and (push is None or not push.uid):
-                blacklisted = push is not None and push.outcome is PushOutcome.BLACKLISTED
-                done.append(Ended(
-                    id=row.id, status=SendStatus.SKIPPED if blacklisted else SendStatus.FAILED, attempted=0,
-                    detail="blacklisted in MailWizz" if blacklisted else f"MailWizz refused the subscriber: "
-                    f"{push.error if push else 'no answer'}"))
+            found = _verdict(row, blocked, tenant, now)
+            if isinstance(found, Skip):
+                ended.append(Ended(id=row.id, status=SendStatus.SKIPPED, detail=found.reason))
+                continue
+            if isinstance(found, Hold):
+                held.append(row)
                 continue
             language = template_language(row.language)
             template = book.choose(language, camp.category, camp.templates)
             if template is None:
-                done.append(Ended(id=row.id, status=SendStatus.SKIPPED, attempted=0,
-                                          detail=f"no template for language {language!r}"))
+                ended.append(Ended(id=row.id, status=SendStatus.SKIPPED, detail=f"no template for language {language!r}"))
                 continue
-            ready.append((row.id, language, template.id, template.version))
-        await pool.execute(q("mwc-end-sends"), camp.id, [d.id for d in done], [d.status for d in done],
-                           [d.detail for d in done])
-        await pool.execute(q("mwc-prepare-sends"), camp.id, [r[0] for r in ready], [r[1] for r in ready],
-                           [r[2] for r in ready], [r[3] for r in ready])
+            if room <= 0:
+                continue   # passes, but today's cap is used: stays queued for tomorrow
+            if language not in waves:
+                waves[language] = await pool.fetchval(q("mwc-open-wave"), camp.id, camp.tenant_id, language,
+                                                      template.id, template.version)
+            joined.append((row.id, waves[language], language, template.id))
+            room -= 1
+        async with pool.acquire() as db, db.transaction():
+            await _end(db, camp.id, ended)
+            await _hold(db, camp.id, [r.id for r in held])
+            await db.execute(q("mwc-join-wave"), camp.id, day, [j[0] for j in joined], [j[1] for j in joined],
+                             [j[2] for j in joined], [j[3] for j in joined])
+        if held and expedite is not None:
+            await expedite(camp.tenant_id, [r.contact_id for r in held])
 
 
-def _skip_reason(row: Unprepared, blocked: set[str]) -> str | None:
-    if not row.email:
-        return "contact erased"
-    if row.contact_status not in PUSHABLE:
-        return f"contact is {row.contact_status}"
-    if row.email in blocked:
-        return "suppressed"
-    return None
+async def _end(db: asyncpg.Connection | asyncpg.Pool, campaign_id: int, ended: list[Ended]) -> None:
+    if ended:
+        await db.execute(q("mwc-end-sends"), campaign_id, [e.id for e in ended], [e.status for e in ended],
+                         [e.detail for e in ended])
 
 
-async def _groups(pool: asyncpg.Pool, campaign_id: int) -> list[Group]:
-    return [Group(**r) for r in await pool.fetch(q("mwc-list-groups"), campaign_id)]
+async def _hold(db: asyncpg.Connection | asyncpg.Pool, campaign_id: int, ids: list[int]) -> None:
+    if ids:
+        await db.execute(q("mwc-hold-sends"), campaign_id, ids, "waiting for the contact's validation",
+                         policy.VALIDATION_RECHECK_SECONDS)
 
 
-async def _set_status(pool: asyncpg.Pool | asyncpg.Connection, group: Group, status: GroupStatus,
-                      sources: tuple[GroupStatus, ...], error: str | None = None) -> bool:
-    return await pool.fetchval(q("mwc-set-group-status"), group.id, status.value, [s.value for s in sources],
+async def _waves(pool: asyncpg.Pool, campaign_id: int, statuses: tuple[WaveStatus, ...]) -> list[Wave]:
+    return [Wave(**r) for r in await pool.fetch(q("mwc-list-waves"), campaign_id, [s.value for s in statuses])]
+
+
+async def _set_status(pool: asyncpg.Pool | asyncpg.Connection, wave: Wave, status: WaveStatus,
+                      sources: tuple[WaveStatus, ...], error: str | None = None) -> bool:
+    return await pool.fetchval(q("mwc-set-wave-status"), wave.id, status.value, [s.value for s in sources],
                                error) is not None
 
 
-async def _give_up(pool: asyncpg.Pool, camp: Campaign, group: Group, status: GroupStatus, error: str) -> None:
-    """A group that will never be created: its rows fail with the reason (the campaign can still complete)."""
+async def _give_up(pool: asyncpg.Pool, camp: Campaign, wave: Wave, status: WaveStatus, error: str) -> None:
+    """A wave whose campaign will never be created: its rows fail with the reason (the campaign can complete)."""
     async with pool.acquire() as db, db.transaction():
-        await _set_status(db, group, status, (GroupStatus.PENDING, GroupStatus.CREATING), error)
-        await db.execute(q("mwc-fail-group-sends"), camp.id, group.language, f"MailWizz: {error}")
-    log.error("campaign %s, language %s: %s (%s)", camp.id, group.language, error, status.value)
+        await _set_status(db, wave, status, OPEN, error)
+        await db.execute(q("mwc-fail-wave-sends"), wave.id, f"MailWizz: {error}")
+    log.error("campaign %s, language %s, wave %s: %s (%s)", camp.id, wave.language, wave.wave, error, status.value)
 
 
-async def _launch(pool: asyncpg.Pool, client: MailWizzClient, install: Install, camp: Campaign,
-                  book: TemplateBook, language: str) -> None:
-    """Create the language group's MailWizz campaign unless it exists; hand its queued rows over."""
-    assert install.list_uid
-    template = book.choose(language, camp.category, camp.templates)
-    await pool.execute(q("mwc-insert-group"), camp.id, camp.tenant_id, language,
-                       template.id if template else None, install.list_uid)
-    group = Group(**await pool.fetchrow(q("mwc-get-group"), camp.id, language))
-    status = GroupStatus(group.status)
-    if status is GroupStatus.CREATING:
-        # We hold the campaign lock, so the pass that wrote 'creating' died mid-POST: MailWizz may have it.
-        await _give_up(pool, camp, group, GroupStatus.IN_DOUBT, "interrupted while MailWizz was creating the "
-                       "campaign; not repeated so nobody is mailed twice (check MailWizz)")
-        return
-    if status in (GroupStatus.SENDING, GroupStatus.PAUSED, GroupStatus.SENT):
-        await pool.execute(q("mwc-inject-group-sends"), camp.id, language, group.template_id, None, group.campaign_uid)
-        return
-    if status is not GroupStatus.PENDING:
-        await pool.execute(q("mwc-fail-group-sends"), camp.id, language, f"MailWizz group {status.value}")
-        return
+async def _recheck(pool: asyncpg.Pool, client: MailWizzClient, camp: Campaign, tenant: TenantPolicy,
+                   wave: Wave) -> None:
+    """The policy again on the wave's rows, just before MailWizz gets them (a pass may have died in between).
+
+    A row that no longer passes leaves the wave's list (DELETE, not unsubscribe: the hourly pull would read an
+    unsubscribe as the contact's own); skipped, or back in the queue when its contact is pending again.
+    """
+    cursor = 0
+    while True:
+        rows = [Member(**r) for r in await pool.fetch(q("mwc-wave-members"), wave.id, cursor, PREPARE_PAGE)]
+        if not rows:
+            return
+        cursor = rows[-1].id
+        now = _now()
+        blocked = await suppression.suppressed_among(pool, camp.tenant_id, [r.email for r in rows if r.email])
+        ended: list[Ended] = []
+        held: list[int] = []
+        for row in rows:
+            found = _verdict(row, blocked, tenant, now)
+            if found is None:
+                continue
+            if row.subscriber_uid and wave.list_uid:
+                try:
+                    await client.delete_subscriber(wave.list_uid, row.subscriber_uid)
+                except MailWizzNotFound:
+                    pass
+            if isinstance(found, Skip):
+                ended.append(Ended(id=row.id, status=SendStatus.SKIPPED, detail=found.reason))
+            else:
+                held.append(row.id)
+        async with pool.acquire() as db, db.transaction():
+            await _end(db, camp.id, ended)
+            if held:
+                await db.execute(q("mwc-leave-wave"), wave.id, held)
+                await _hold(db, camp.id, held)
+
+
+async def _fill_list(pool: asyncpg.Pool, client: MailWizzClient, camp: Campaign, wave: Wave, list_uid: str) -> None:
+    """Make each row of the wave not yet in its list a confirmed subscriber of it; a refused one ends."""
+    cursor = 0
+    while True:
+        rows = [Member(**r) for r in await pool.fetch(q("mwc-wave-members"), wave.id, cursor, PREPARE_PAGE)]
+        if not rows:
+            return
+        cursor = rows[-1].id
+        missing = [r for r in rows if not r.subscriber_uid]
+        if not missing:
+            continue
+        contacts = {c["id"]: PushContact(**c) for c in await pool.fetch(
+            q("mailwizz-contacts-by-id"), camp.tenant_id, [r.contact_id for r in missing])}
+        wanted = [contacts[r.contact_id] for r in missing if r.contact_id in contacts and contacts[r.contact_id].email]
+        pushes = {p.email: p for p in await client.create_subscribers(list_uid, [subscriber_in(c) for c in wanted])}
+        stored: list[tuple[int, str]] = []
+        ended: list[Ended] = []
+        for row in missing:
+            contact = contacts.get(row.contact_id)
+            push = pushes.get(contact.email) if contact is not None and contact.email else None
+            if push is not None and push.uid and push.outcome in (PushOutcome.CREATED, PushOutcome.EXISTS):
+                stored.append((row.id, push.uid))
+            elif push is not None and push.outcome is PushOutcome.BLACKLISTED:
+                ended.append(Ended(id=row.id, status=SendStatus.SKIPPED, detail="blacklisted in MailWizz"))
+            else:
+                error = push.error if push is not None else "no answer for this address"
+                ended.append(Ended(id=row.id, status=SendStatus.FAILED,
+                                   detail=f"MailWizz refused the subscriber: {error}"))
+        async with pool.acquire() as db, db.transaction():
+            if stored:
+                await db.execute(q("mwc-set-wave-subscribers"), wave.id, [s[0] for s in stored],
+                                 [s[1] for s in stored])
+            await _end(db, camp.id, ended)
+
+
+async def _launch(pool: asyncpg.Pool, client: MailWizzClient, camp: Campaign, book: TemplateBook,
+                  tenant: TenantPolicy, wave: Wave) -> None:
+    """Check the open wave's rows again, put them in a list of their own, create its campaign, hand them over."""
+    template = book.choose(wave.language, camp.category, camp.templates)
     if template is None:
-        await _give_up(pool, camp, group, GroupStatus.FAILED, f"no template for language {language!r}")
+        await _give_up(pool, camp, wave, WaveStatus.FAILED, f"no template for language {wave.language!r}")
         return
     try:
         rendered = render_for_mailwizz(book, template)
     except (MissingVariable, TemplateRejected) as exc:
-        await _give_up(pool, camp, group, GroupStatus.FAILED, f"template {template.id}: {exc.message}")
+        await _give_up(pool, camp, wave, WaveStatus.FAILED, f"template {template.id}: {exc.message}")
         return
-    label = f"{camp.name} [{language}] #{camp.id}"
-    template_uid = group.template_uid
-    if not template_uid or group.template_id != template.id:
+    await _recheck(pool, client, camp, tenant, wave)
+    if not await pool.fetchval(q("mwc-wave-left"), wave.id):
+        if await pool.fetchval(q("mwc-drop-empty-wave"), wave.id) is None:
+            await _set_status(pool, wave, WaveStatus.CANCELLED, (WaveStatus.PENDING,),
+                              "every row ended before its MailWizz campaign was created")
+        return
+    label = f"{camp.name[:120]} [{wave.language}] #{camp.id}" + (f" wave {wave.wave}" if wave.wave > 1 else "")
+    list_uid = wave.list_uid
+    if not list_uid:
+        # A POST that got no clear answer and is repeated leaves at most an empty list behind: nobody is mailed.
+        list_uid = await client.create_list(label, from_name=camp.from_name, from_email=camp.from_email,
+                                            reply_to=camp.reply_to or camp.from_email,
+                                            description=f"email-engine campaign {camp.id}, {wave.language}, "
+                                                        f"wave {wave.wave}")
+        await pool.execute(q("mwc-set-wave-list"), wave.id, list_uid)
+    await ensure_list_fields(client, list_uid)
+    await _fill_list(pool, client, camp, wave, list_uid)
+    if not await pool.fetchval(q("mwc-wave-left"), wave.id):
+        await _set_status(pool, wave, WaveStatus.CANCELLED, (WaveStatus.PENDING,),
+                          "MailWizz refused every subscriber of the wave")
+        return
+    template_uid = wave.template_uid
+    if not template_uid or wave.template_id != template.id or wave.template_version != template.version:
         template_uid = await client.create_template(label, rendered.html)
-        await pool.execute(q("mwc-set-template-uid"), group.id, template_uid, template.id)
-    if not group.segment_uid:
-        fields = await client.ensure_fields(install.list_uid, LIST_FIELDS)
-        segment_uid = await client.create_language_segment(install.list_uid, language, fields["LANGUAGE"])
-        await pool.execute(q("mwc-set-segment-uid"), group.id, segment_uid)
-    else:
-        segment_uid = group.segment_uid
-    if await pool.fetchval(q("mwc-claim-group"), group.id) is None:
+        await pool.execute(q("mwc-set-template-uid"), wave.id, template_uid, template.id, template.version)
+    if await pool.fetchval(q("mwc-claim-wave"), wave.id) is None:
         return
-    spec = CampaignIn(name=label, list_uid=install.list_uid, segment_uid=segment_uid, template_uid=template_uid,
+    spec = CampaignIn(name=label, list_uid=list_uid, template_uid=template_uid,
                       from_name=camp.from_name, from_email=camp.from_email,
                       reply_to=camp.reply_to or camp.from_email, subject=rendered.subject,
-                      send_at=dt.datetime.now(dt.UTC))
+                      send_at=_now())
     try:
         campaign_uid = await client.create_campaign(spec)
     except MailWizzValidationError as exc:
-        await _give_up(pool, camp, group, GroupStatus.FAILED, exc.message)
+        await _give_up(pool, camp, wave, WaveStatus.FAILED, exc.message)
         return
     except MailWizzError as exc:
         if _surely_not_created(exc):
-            await _set_status(pool, group, GroupStatus.PENDING, (GroupStatus.CREATING,), exc.message)
+            await _set_status(pool, wave, WaveStatus.PENDING, (WaveStatus.CREATING,), exc.message)
             raise
-        await _give_up(pool, camp, group, GroupStatus.IN_DOUBT, f"no clear answer to the campaign POST: {exc.message}")
+        await _give_up(pool, camp, wave, WaveStatus.IN_DOUBT, f"no clear answer to the campaign POST: {exc.message}")
         return
     async with pool.acquire() as db, db.transaction():
-        await db.execute(q("mwc-group-created"), group.id, campaign_uid)
-        await db.execute(q("mwc-inject-group-sends"), camp.id, language, template.id, template.version, campaign_uid)
-    log.info("campaign %s, language %s: MailWizz campaign %s", camp.id, language, campaign_uid)
+        await db.execute(q("mwc-wave-created"), wave.id, campaign_uid)
+        await db.execute(q("mwc-inject-wave-sends"), wave.id, template.id, template.version, campaign_uid)
+        await db.execute(q("mwc-fail-wave-sends"), wave.id, "MailWizz: not in the campaign's list")
+    log.info("campaign %s, language %s, wave %s: MailWizz campaign %s on list %s", camp.id, wave.language,
+             wave.wave, campaign_uid, list_uid)
 
 
 def _surely_not_created(exc: MailWizzError) -> bool:
@@ -332,27 +457,30 @@ def _surely_not_created(exc: MailWizzError) -> bool:
     return exc.status != 0 and exc.status < 500
 
 
-async def _follow(pool: asyncpg.Pool, client: MailWizzClient, camp: Campaign) -> None:
-    """Bring the MailWizz side in line with our status, and poll the stats of campaigns still going."""
-    for group in await _groups(pool, camp.id):
-        status = GroupStatus(group.status)
-        if camp.status == "cancelled" and status is GroupStatus.PENDING:
-            await _set_status(pool, group, GroupStatus.CANCELLED, (GroupStatus.PENDING,))
+async def _follow(pool: asyncpg.Pool, client: MailWizzClient, camp: Campaign, *, inside: bool) -> None:
+    """Bring the MailWizz side in line with our status and the window, and poll the stats of campaigns going."""
+    for wave in await _waves(pool, camp.id, tuple(WaveStatus)):
+        status = WaveStatus(wave.status)
+        if camp.status == "cancelled" and status is WaveStatus.PENDING:
+            await _set_status(pool, wave, WaveStatus.CANCELLED, (WaveStatus.PENDING,))
             continue
-        if not group.campaign_uid or status not in (GroupStatus.SENDING, GroupStatus.PAUSED):
+        if not wave.campaign_uid or status not in (WaveStatus.SENDING, WaveStatus.PAUSED):
             continue
-        if camp.status in ("paused", "cancelled"):
-            # MailWizz's API has no cancel; a paused campaign sends nothing more.
-            remote = await client.pause_campaign(group.campaign_uid)
-            target = GroupStatus.CANCELLED if camp.status == "cancelled" else GroupStatus.PAUSED
+        if camp.status in ("paused", "cancelled") or not inside:
+            # MailWizz's API has no cancel; a paused campaign sends nothing more. Outside the sending window
+            # the wave is paused too, and resumed below once the window opens (the campaign still sending).
+            if camp.status == "sending" and status is WaveStatus.PAUSED:
+                continue
+            remote = await client.pause_campaign(wave.campaign_uid)
+            target = WaveStatus.CANCELLED if camp.status == "cancelled" else WaveStatus.PAUSED
             if remote is CampaignStatus.SENT:
-                target = GroupStatus.SENT
-            await _set_status(pool, group, target, (GroupStatus.SENDING, GroupStatus.PAUSED))
+                target = WaveStatus.SENT
+            await _set_status(pool, wave, target, (WaveStatus.SENDING, WaveStatus.PAUSED))
             continue
-        if status is GroupStatus.PAUSED:
-            await client.resume_campaign(group.campaign_uid)
-            await _set_status(pool, group, GroupStatus.SENDING, (GroupStatus.PAUSED,))
-        stats = await client.campaign_stats(group.campaign_uid)
-        await pool.execute(q("mwc-set-group-stats"), group.id, msgspec.to_builtins(stats))
+        if status is WaveStatus.PAUSED:
+            await client.resume_campaign(wave.campaign_uid)
+            await _set_status(pool, wave, WaveStatus.SENDING, (WaveStatus.PAUSED,))
+        stats = await client.campaign_stats(wave.campaign_uid)
+        await pool.execute(q("mwc-set-wave-stats"), wave.id, msgspec.to_builtins(stats))
         if stats.status is CampaignStatus.SENT:
-            await _set_status(pool, group, GroupStatus.SENT, (GroupStatus.SENDING,))
+            await _set_status(pool, wave, WaveStatus.SENT, (WaveStatus.SENDING,))

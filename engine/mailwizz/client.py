@@ -1,8 +1,9 @@
 """MailWizz REST API client: lists, fields, subscribers, templates, segments and campaigns over httpx.
 
-Follows /work/shared/reference/mailwizz-api.md. Segments: MailWizz documents `POST lists/{uid}/segments`
-(ems-api/php-client `ListSegments::create`), so a language audience is one segment on the LANGUAGE field of
-the tenant's list; on an install that refuses segment creation the fallback is one list per language.
+Follows /work/shared/reference/mailwizz-api.md. A campaign's audience is a list of its own (engine.mailwizz.
+campaigns explains why): `create_list`, `create_subscribers` and `create_campaign` are all in the reference's
+endpoint table (§6). Segment creation (`create_language_segment`) is not: it follows the SDK
+(ems-api/php-client `ListSegments::create`) and no engine path uses it any more.
 """
 
 from __future__ import annotations
@@ -451,6 +452,10 @@ class MailWizzClient:
     async def update_subscriber(self, list_uid: str, subscriber_uid: str, sub: SubscriberIn) -> None:
         """Replace a subscriber's fields (and status)."""
         await self._call("PUT", f"lists/{list_uid}/subscribers/{subscriber_uid}", form=subscriber_form(sub))
+
+    async def delete_subscriber(self, list_uid: str, subscriber_uid: str) -> None:
+        """Remove a subscriber from one list (not an unsubscribe: the address did not ask to leave)."""
+        await self._call("DELETE", f"lists/{list_uid}/subscribers/{subscriber_uid}")
 
     async def unsubscribe(self, list_uid: str, subscriber_uid: str) -> None:
         """Mark one subscriber unsubscribed in one list."""

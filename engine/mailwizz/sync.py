@@ -1,9 +1,12 @@
-"""A tenant's MailWizz install: its stored configuration, a client built from it, and the subscriber push.
+"""A tenant's MailWizz install: its stored configuration, a client built from it, the subscriber push and the
+unsubscribe pull.
 
-The engine's contacts become subscribers of one list (the install's `list_uid`) with the fields below, so a
-campaign can be segmented by LANGUAGE and personalised with MailWizz's own tags ([FNAME], [COMPANY], ...).
-A suppressed address is never pushed, and an existing subscriber is never re-confirmed: pushing someone MailWizz
-already knows only reads back their uid (they may have unsubscribed there).
+The engine's contacts become subscribers of one list (the install's `list_uid`) with the fields below; a
+campaign's waves get lists of their own with the same fields (engine.mailwizz.campaigns), so MailWizz's own tags
+([FNAME], [COMPANY], ...) personalise them. Who may be pushed is the send policy's call
+(engine.sending.policy.verdict): a suppressed, pending or refused contact is never pushed, and an existing
+subscriber is never re-confirmed: pushing someone MailWizz already knows only reads back their uid (they may have
+unsubscribed there). The hourly pull walks the tenant's list and its recent wave lists.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from engine.errors import Invalid, NotFound
 from engine.languages import template_language
 from engine.mailwizz.client import MailWizzClient, PushOutcome, SubscriberIn, SubscriberPush
 from engine.mailwizz.wire import MailWizzNotFound, MailWizzValidationError
+from engine.sending import policy
 from sql import q
 
 log = logging.getLogger(__name__)
@@ -35,14 +39,14 @@ FIELD_COLUMNS: tuple[tuple[str, str], ...] = (
 LIST_FIELDS = tuple(tag for tag, _ in FIELD_COLUMNS)
 # Five bulk requests of the client's 100 per transaction: small enough that a 503 repeats little work.
 PUSH_BATCH = 500
-# Contacts that may become subscribers; anything else in the outbox (since invalidated, erased) is dropped.
-PUSHABLE = frozenset({"valid", "risky"})
-# One pushed contact holds one subscriber uid; erased contacts (email NULL) are never pushed.
-SWEEP_PAGE = 5_000
 # Subscriber statuses (mailwizz-api.md §7) that mean the engine must not mail the address either, with the
 # suppression reason each becomes: someone who left the list in MailWizz has left the engine too.
 LEFT_IN_MAILWIZZ = {"unsubscribed": "unsubscribe", "blacklisted": "manual"}
 PULL_BATCH = 1_000
+# Wave lists are mailed once; their unsubscribes come from that one mail, read within weeks. After this many
+# days the hourly pull stops walking them (MailWizz keeps them unsubscribed there, and the list is never mailed
+# again); an unsubscribe from a later campaign's mail lands in that campaign's list.
+WAVE_LISTS_PULLED_FOR_DAYS = 90
 
 
 class MailWizzConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -192,6 +196,7 @@ async def push_outbox(pool: asyncpg.Pool, client: MailWizzClient, install: Insta
     """Drain the tenant's outbox; a MailWizzUnavailable leaves the current batch for the next attempt."""
     assert install.list_uid
     tenant_id, list_uid = install.tenant_id, install.list_uid
+    tenant = policy.TenantPolicy.from_settings(await pool.fetchval(q("get-tenant-settings"), tenant_id))
     totals = PushReport()
     fields_checked = False
     while True:
@@ -199,9 +204,15 @@ async def push_outbox(pool: asyncpg.Pool, client: MailWizzClient, install: Insta
             taken = [PushContact(**r) for r in await db.fetch(q("mailwizz-outbox-take"), tenant_id, batch)]
             if not taken:
                 return totals
-            live = [c for c in taken if c.email and c.status in PUSHABLE]
+            now = dt.datetime.now(dt.UTC)
+            # The send policy decides who may become a subscriber; judged without the suppression list first,
+            # the difference is who only the suppression list stops (the report counts them apart).
+            rows = [policy.Row(email=c.email, contact_status=c.status) for c in taken]
+            live = [c for c, row in zip(taken, rows, strict=True)
+                    if policy.verdict(row, set(), tenant, now) is None]
             blocked = await suppression.suppressed_among(db, tenant_id, [c.email for c in live if c.email])
-            wanted = [c for c in live if c.email not in blocked]
+            wanted = [c for c in live
+                      if policy.verdict(policy.Row(email=c.email, contact_status=c.status), blocked, tenant, now) is None]
             if wanted and not fields_checked:
                 await ensure_list_fields(client, list_uid)
                 fields_checked = True
@@ -213,38 +224,17 @@ async def push_outbox(pool: asyncpg.Pool, client: MailWizzClient, install: Insta
                             rejected=totals.rejected + len(wanted) - ok)
 
 
-async def unsubscribe_suppressed(pool: asyncpg.Pool, client: MailWizzClient, install: Install) -> int:
-    """Unsubscribe in MailWizz every subscriber the tenant has since suppressed; returns how many.
-
-    The propagation job does this when an address is suppressed; this sweep runs before a campaign is created
-    so a propagation that failed or is still waiting cannot let a language segment reach a suppressed address.
-    """
-    assert install.list_uid
-    cursor, done = 0, 0
-    while True:
-        rows = await pool.fetch(q("mailwizz-subscribed-page"), install.tenant_id, cursor, SWEEP_PAGE)
-        if not rows:
-            return done
-        cursor = rows[-1]["id"]
-        blocked = await suppression.suppressed_among(pool, install.tenant_id, [r["email"] for r in rows])
-        hits = [r for r in rows if r["email"] in blocked]
-        for r in hits:
-            try:
-                await client.unsubscribe(install.list_uid, r["uid"])
-            except MailWizzNotFound:
-                pass   # no longer in the list: nothing to send to
-        if hits:
-            await pool.execute(q("mailwizz-forget-subscriber-uids"), install.tenant_id, [r["id"] for r in hits])
-            done += len(hits)
-
-
 async def pull_unsubscribes(pool: asyncpg.Pool, client: MailWizzClient, install: Install) -> int:
-    """Suppress every address the install's list marks unsubscribed or blacklisted; returns how many changed.
+    """Suppress every address the tenant's lists mark unsubscribed or blacklisted; returns how many changed.
 
-    MailWizz's API has no "changed since", so this walks the whole list; the suppression upsert makes a second
-    walk a no-op. The addresses are not propagated back: MailWizz is where they came from.
+    The lists: the install's own, and the lists of the tenant's campaign waves of the last
+    WAVE_LISTS_PULLED_FOR_DAYS days (whoever unsubscribes from a campaign's mail does it in its wave's list).
+    MailWizz's API has no "changed since", so this walks whole lists; the suppression upsert makes a second walk
+    a no-op. The addresses are not propagated back: MailWizz is where they came from.
     """
-    assert install.list_uid
+    lists = [install.list_uid] if install.list_uid else []
+    waves = await pool.fetch(q("mwc-wave-lists"), install.tenant_id, WAVE_LISTS_PULLED_FOR_DAYS)
+    lists += [r["list_uid"] for r in waves if r["list_uid"] not in lists]
     changed = 0
     waiting: dict[str, list[str]] = {}
 
@@ -257,13 +247,19 @@ async def pull_unsubscribes(pool: asyncpg.Pool, client: MailWizzClient, install:
                 changed += report.added + report.upgraded
         waiting.clear()
 
-    async for sub in client.subscribers(install.list_uid):
-        reason = LEFT_IN_MAILWIZZ.get(sub.status)
-        if reason is None or not sub.email:
-            continue
-        waiting.setdefault(reason, []).append(sub.email)
-        if sum(map(len, waiting.values())) >= PULL_BATCH:
-            await flush()
+    for list_uid in lists:
+        try:
+            async for sub in client.subscribers(list_uid):
+                reason = LEFT_IN_MAILWIZZ.get(sub.status)
+                if reason is None or not sub.email:
+                    continue
+                waiting.setdefault(reason, []).append(sub.email)
+                if sum(map(len, waiting.values())) >= PULL_BATCH:
+                    await flush()
+        except MailWizzNotFound:
+            if list_uid == install.list_uid:
+                raise
+            log.warning("tenant %s: wave list %s is gone from MailWizz; skipped", install.tenant_id, list_uid)
     if waiting:
         await flush()
     return changed

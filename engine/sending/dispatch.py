@@ -20,8 +20,6 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
-from zoneinfo import ZoneInfo
 
 import asyncpg
 import msgspec
@@ -106,23 +104,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _window_wait(window: dict[str, Any] | None, now: dt.datetime) -> float:
-    """Seconds until the sending window opens (0 inside it); windows may run past midnight."""
-    if not window:
-        return 0.0
-    local = now.astimezone(ZoneInfo(window.get("timezone") or "UTC"))
-    start = dt.time.fromisoformat(window["start"])
-    end = dt.time.fromisoformat(window["end"])
-    t = local.time()
-    inside = start <= t < end if start < end else (t >= start or t < end)
-    if inside:
-        return 0.0
-    opening = local.replace(hour=start.hour, minute=start.minute, second=0, microsecond=0)
-    if opening <= local:
-        opening += dt.timedelta(days=1)
-    return (opening - local).total_seconds()
-
-
 async def _daily_room(db: asyncpg.Pool, campaign: Campaign, tz: str, now: dt.datetime) -> tuple[float, float]:
     """(messages the campaign may still send today, seconds until its day ends), from the quota ledger."""
     if campaign.daily_cap is None:
@@ -182,7 +163,7 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
             last_recovery, first_recovery = time.monotonic(), False
         if not camp.audience_ready:
             await fill_audience(ctx, camp)
-        wait = _window_wait(camp.send_window, now)
+        wait = policy.window_wait(camp.send_window, now)
         if wait > 0:
             await _sleep(stop, min(wait, ctx.tuning.max_wait))
             continue

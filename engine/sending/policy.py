@@ -16,6 +16,7 @@ from enum import StrEnum
 from functools import cache
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import msgspec
 
@@ -134,6 +135,23 @@ def verdict(row: Row, blocked: set[str], policy: TenantPolicy, now: dt.datetime)
         if found is not None:
             return found
     return None
+
+
+def window_wait(window: Mapping[str, Any] | None, now: dt.datetime) -> float:
+    """Seconds until the campaign's sending window opens (0 inside it); windows may run past midnight."""
+    if not window:
+        return 0.0
+    local = now.astimezone(ZoneInfo(window.get("timezone") or "UTC"))
+    start = dt.time.fromisoformat(window["start"])
+    end = dt.time.fromisoformat(window["end"])
+    t = local.time()
+    inside = start <= t < end if start < end else (t >= start or t < end)
+    if inside:
+        return 0.0
+    opening = local.replace(hour=start.hour, minute=start.minute, second=0, microsecond=0)
+    if opening <= local:
+        opening += dt.timedelta(days=1)
+    return (opening - local).total_seconds()
 
 
 # --- bounce classification ------------------------------------------------------------------------------

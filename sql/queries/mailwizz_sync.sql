@@ -72,18 +72,6 @@ WHERE c.tenant_id = $1 AND c.id = u.id;
 -- Tenants with contacts waiting to be pushed (the minute cron's work list).
 SELECT DISTINCT tenant_id FROM mailwizz_outbox ORDER BY tenant_id;
 
--- name: mailwizz-subscribed-page
--- Contacts the tenant's MailWizz list holds, by keyset, for the suppression sweep before a campaign.
-SELECT id, email, mailwizz_subscriber_uid AS uid FROM contacts
-WHERE tenant_id = $1 AND mailwizz_subscriber_uid IS NOT NULL AND email IS NOT NULL AND id > $2
-ORDER BY id
-LIMIT $3;
-
--- name: mailwizz-forget-subscriber-uids
--- Unsubscribed in MailWizz: the sweep need not visit them again (a later push finds them by email).
-UPDATE contacts SET mailwizz_subscriber_uid = NULL, updated_at = now()
-WHERE tenant_id = $1 AND id = ANY($2::bigint[]);
-
 -- name: mailwizz-try-lock
 -- One worker at a time per key (a campaign, a tenant's push); released with the session if a worker dies.
 SELECT pg_try_advisory_lock(hashtextextended($1, 0));
@@ -92,7 +80,10 @@ SELECT pg_try_advisory_lock(hashtextextended($1, 0));
 SELECT pg_advisory_unlock(hashtextextended($1, 0));
 
 -- name: mailwizz-list-tenants
--- Tenants whose active install names a list and holds a key: the unsubscribe pull walks each list.
-SELECT DISTINCT tenant_id FROM mailwizz_instances
-WHERE active AND list_uid IS NOT NULL AND public_key_enc IS NOT NULL
-ORDER BY tenant_id;
+-- Tenants whose active install holds a key and names a list or has sent campaign waves (each with a list of
+-- its own): the unsubscribe pull walks those lists.
+SELECT DISTINCT i.tenant_id FROM mailwizz_instances i
+WHERE i.active AND i.public_key_enc IS NOT NULL
+  AND (i.list_uid IS NOT NULL
+       OR EXISTS (SELECT 1 FROM mailwizz_campaigns g WHERE g.tenant_id = i.tenant_id AND g.list_uid IS NOT NULL))
+ORDER BY i.tenant_id;
