@@ -23,6 +23,7 @@ from api import (
     campaigns,
     contacts,
     data_sources,
+    dns,
     domains,
     feedback,
     health,
@@ -70,7 +71,7 @@ def controllers() -> Sequence[Any]:
     """Every route of the API; each noun's module exposes `ROUTES`."""
     return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES,
             *suppressions.ROUTES, *templates.ROUTES, *ips.ROUTES, *domains.ROUTES, *warmup.ROUTES,
-            *mailwizz.ROUTES, *feedback.ROUTES]
+            *mailwizz.ROUTES, *feedback.ROUTES, *dns.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import msgspec
 
+from api import ops_cli
 from engine import db as dbm
 from engine import embedded, secrets
 from engine.settings import Settings, SettingsError, load_settings
@@ -251,6 +252,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in HELP.items():
         sub.add_parser(name, help=text.split(". ")[0] + ".", description=text)
+    ops_cli.add_commands(sub)
     return p
 
 
@@ -263,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging(settings)
     _event_loop()
+    if args.command in ops_cli.COMMANDS:
+        return ops_cli.run(args, settings)
     try:
         COMMANDS[args.command](settings)
     except embedded.EmbeddedError as exc:

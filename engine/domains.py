@@ -1,5 +1,5 @@
 """Sending domains: their DKIM key pair (generated here, private half encrypted at rest), the IPs that send
-for them, and the SPF / DKIM / DMARC / PTR check results that the DNS checks will fill in."""
+for them, and the SPF / DKIM / DMARC / PTR check results that the DNS checks fill in (engine/dns_checks.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ DKIM_KEY_BITS = 2048
 DEFAULT_SELECTOR = "ee1"
 # A selector is one DNS label (RFC 6376 §3.1); `ee1` -> `ee2` on rotation keeps old and new records apart.
 SELECTOR = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-CHECK_STATUSES = frozenset({"unchecked", "pass", "fail", "missing", "error"})
+# ok: published as expected; missing: nothing published; wrong: something else published (the report says
+# what); error: DNS itself did not answer, so nothing is known.
+CHECK_STATUSES = frozenset({"unchecked", "ok", "missing", "wrong", "error"})
 
 
 class Domain(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,7 +141,7 @@ async def update_domain(db: asyncpg.Connection, tenant_id: int, domain_id: int, 
 
 async def record_checks(db: asyncpg.Connection, tenant_id: int, domain_id: int, *, spf: str | None = None,
                         dkim: str | None = None, dmarc: str | None = None, ptr: str | None = None) -> Domain:
-    """Store DNS check results (for the checks to come); each is one of CHECK_STATUSES."""
+    """Store DNS check results; each is one of CHECK_STATUSES."""
     for field, value in (("spf_status", spf), ("dkim_status", dkim), ("dmarc_status", dmarc), ("ptr_status", ptr)):
         if value is not None and value not in CHECK_STATUSES:
             raise Invalid(f"{field}: expected one of {', '.join(sorted(CHECK_STATUSES))}, got {value!r}", field=field)
@@ -160,6 +162,24 @@ async def rotate_dkim(db: asyncpg.Connection, secret_key: str, tenant_id: int, d
     public, private_enc = await _new_keys(secret_key)
     await db.execute(q("rotate-domain-dkim"), tenant_id, domain_id, selector, public, private_enc)
     return await get_domain(db, tenant_id, domain_id)
+
+
+async def generate_missing_keys(db: asyncpg.Connection | asyncpg.Pool, secret_key: str,
+                                tenant_id: int | None = None) -> int:
+    """A key pair for every domain that has none (the seeded ones), under its current selector; how many."""
+    rows = await db.fetch(q("domains-without-key"), tenant_id)
+    # Key generation runs in threads, four at a time (OpenSSL releases the GIL); the writes follow in order.
+    limit = asyncio.Semaphore(4)
+
+    async def make() -> tuple[str, bytes]:
+        async with limit:
+            return await _new_keys(secret_key)
+
+    keys = await asyncio.gather(*(make() for _ in rows))
+    for row, (public, private_enc) in zip(rows, keys, strict=True):
+        await db.execute(q("rotate-domain-dkim"), row["tenant_id"], row["id"], row["dkim_selector"], public,
+                         private_enc)
+    return len(rows)
 
 
 async def dkim_private_key(db: asyncpg.Connection, secret_key: str, tenant_id: int,

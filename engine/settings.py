@@ -35,6 +35,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_timeout: int = 10            # seconds a sending worker may go unheard before its rows are taken back
     pmta_accounting_dir: Path | None = None  # PowerMTA's accounting files (acct-*.csv), read every minute
     log_level: str = "INFO"
+    # PowerMTA config generation (pmta/generate.py): where the worker keeps the generated file (None: it
+    # does not), where the DKIM private keys go, what to run after a change, who may inject.
+    pmta_config_file: Path | None = None
+    pmta_dkim_dir: Path = Path("/etc/pmta/dkim")
+    pmta_reload: str | None = None      # e.g. "pmta reload"; its failure raises an alert event
+    pmta_injectors: tuple[str, ...] = ("127.0.0.1",)
+    pmta_listener: str = "127.0.0.1:25"
+    pmta_fbl_address: str | None = None  # the complaint (feedback-loop) address PowerMTA processes
+    blocklists_file: Path | None = None  # None: the bundled engine/blocklists.toml
 
     @property
     def queue_name(self) -> str:
@@ -67,6 +76,19 @@ def _dns(name: str, value: str) -> tuple[str, ...]:
     return servers
 
 
+def _addresses(name: str, value: str) -> tuple[str, ...]:
+    """Comma-separated IPs or CIDR blocks (PowerMTA <source> names)."""
+    import ipaddress
+
+    found = tuple(part.strip() for part in value.split(",") if part.strip())
+    try:
+        for part in found:
+            ipaddress.ip_network(part, strict=False)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name}: expected comma-separated IP addresses or CIDR blocks, got {value!r}") from None
+    return found
+
+
 def _url_base(name: str, value: str) -> str:
     return _url(name, value, ("http", "https")).rstrip("/")
 
@@ -89,6 +111,13 @@ _PARSERS: dict[str, tuple[str, Any]] = {
     "WARMUP_HOUR": ("warmup_hour", lambda n, v: _int(n, v, 0, 23)),
     "WORKER_TIMEOUT": ("worker_timeout", lambda n, v: _int(n, v, 2, 3600)),
     "PMTA_ACCOUNTING_DIR": ("pmta_accounting_dir", lambda n, v: Path(v)),
+    "PMTA_CONFIG": ("pmta_config_file", lambda n, v: Path(v)),
+    "PMTA_DKIM_DIR": ("pmta_dkim_dir", lambda n, v: Path(v)),
+    "PMTA_RELOAD": ("pmta_reload", lambda n, v: v),
+    "PMTA_INJECTORS": ("pmta_injectors", lambda n, v: _addresses(n, v)),
+    "PMTA_LISTENER": ("pmta_listener", lambda n, v: v if v.rpartition(":")[2].isdigit() else _bad(n, "IP:PORT", v)),
+    "PMTA_FBL_ADDRESS": ("pmta_fbl_address", lambda n, v: v if "@" in v else _bad(n, "an email address", v)),
+    "BLOCKLISTS": ("blocklists_file", lambda n, v: Path(v)),
     "LOG_LEVEL": ("log_level", lambda n, v: v.upper() if v.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"} else _bad(n, "DEBUG, INFO, WARNING or ERROR", v)),
 }
 

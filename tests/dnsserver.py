@@ -1,4 +1,4 @@
-"""A small loopback DNS server for tests: answers MX/A/AAAA from a dict and fails on request."""
+"""A small loopback DNS server for tests: answers MX/A/AAAA/TXT/PTR from a dict and fails on request."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import asyncio
 from collections import Counter
 from typing import Literal
 
-from dnslib import AAAA, MX, QTYPE, RCODE, RR, A, DNSRecord
+from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSRecord
 
-Failure = Literal["servfail", "refused", "timeout"]
+Failure = Literal["servfail", "refused", "timeout", "malformed"]
 
 # Record types the zone dict understands, with the dnslib rdata class that encodes each.
 _RDATA = {
@@ -16,6 +16,11 @@ _RDATA = {
     "AAAA": lambda value: AAAA(value),
     # MX values are (preference, exchange); (0, ".") is a null MX (RFC 7505).
     "MX": lambda value: MX(value[1], value[0]),
+    # TXT values are one string, or a list of strings making one record; a string past 255 octets is
+    # split the way DNS hosts publish a 2048-bit DKIM key (RFC 1035 §3.3.14: at most 255 per string).
+    "TXT": lambda value: TXT([value[i:i + 255] for i in range(0, len(value), 255)] if isinstance(value, str)
+                             else list(value)),
+    "PTR": lambda value: PTR(value),
 }
 
 
@@ -27,9 +32,9 @@ def _key(name: str) -> str:
 class DnsServer:
     """UDP DNS server on 127.0.0.1 answering from `zones`; use as `async with DnsServer(zones) as dns:`.
 
-    zones: {"mx.example": {"MX": [(10, "mx1.mx.example")], "A": ["192.0.2.1"], "AAAA": [...]}}.
+    zones: {"mx.example": {"MX": [(10, "mx1.mx.example")], "A": ["192.0.2.1"], "TXT": ["v=spf1 -all"]}}.
     A name absent from `zones` gets NXDOMAIN; a present name without the asked type gets an empty
-    NOERROR answer (NODATA). `failures[name]` makes that name answer SERVFAIL / REFUSED or not at all.
+    NOERROR answer (NODATA). `failures[name]` makes that name answer SERVFAIL / REFUSED, a malformed packet, or not at all.
     `queries[name]` counts every query received for a name, `queries_by_type[(name, "MX")]` per type.
     """
 
@@ -63,6 +68,8 @@ class DnsServer:
         failure = self.failures.get(qname)
         if failure == "timeout":
             return None
+        if failure == "malformed":
+            return reply.pack()[:7]  # a header cut short: no resolver can parse it
         if failure is not None:
             reply.header.rcode = RCODE.SERVFAIL if failure == "servfail" else RCODE.REFUSED
             return reply.pack()

@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 # Job families register here: each module exposes FUNCTIONS (and CRON_JOBS when it has crons).
 JOB_MODULES: tuple[str, ...] = ("workers.contacts", "workers.suppression", "workers.templates", "workers.warmup",
-                                "workers.mailwizz", "workers.campaigns", "workers.feedback")
+                                "workers.mailwizz", "workers.campaigns", "workers.feedback",
+                                "workers.dns")
 
 
 def _families() -> list[Any]:

@@ -51,14 +51,25 @@ WHERE tenant_id = $1 AND id = $2
 RETURNING id;
 
 -- name: rotate-domain-dkim
--- A new key pair, under a new selector when the caller chose one; the DKIM check must be run again.
-UPDATE domains SET dkim_selector = $3, dkim_public_key = $4, dkim_private_key_enc = $5, dkim_rotated_at = now(),
+-- A new key pair, under a new selector when the caller chose one; the DKIM check must be run again. The
+-- replaced public key is kept (under its selector) so its record stays published while PowerMTA may still
+-- hold mail signed with it; a key rotated in place (same selector) has no old record to keep.
+UPDATE domains SET dkim_previous_selector = CASE WHEN dkim_selector <> $3 AND dkim_public_key IS NOT NULL
+                                                 THEN dkim_selector END,
+                   dkim_previous_public_key = CASE WHEN dkim_selector <> $3 THEN dkim_public_key END,
+                   dkim_selector = $3, dkim_public_key = $4, dkim_private_key_enc = $5, dkim_rotated_at = now(),
                    dkim_status = 'unchecked', updated_at = now()
 WHERE tenant_id = $1 AND id = $2
 RETURNING id;
 
 -- name: domain-dkim-state
 SELECT dkim_selector, dkim_public_key IS NOT NULL AS has_key FROM domains WHERE tenant_id = $1 AND id = $2;
+
+-- name: domains-without-key
+-- Domains whose key pair was never generated ($1: one tenant, NULL: all).
+SELECT id, tenant_id, dkim_selector FROM domains
+WHERE dkim_public_key IS NULL AND ($1::bigint IS NULL OR tenant_id = $1)
+ORDER BY id;
 
 -- name: domain-private-key
 -- For the PowerMTA config generator only: the encrypted PEM, never sent through the API.

@@ -1,0 +1,51 @@
+"""DNS operations: the records each sending domain needs, and what the last check found."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from litestar import MediaType, Response, get, post
+from litestar.params import QueryParameter
+
+from api.deps import Caller, Config, Db, TenantId, id_param
+from engine import dns_checks, dns_records
+from engine.dns_checks import DnsStatus
+from engine.dns_lookup import Resolver
+
+DomainId = id_param("domain")
+Format = Annotated[Literal["json", "bind"], QueryParameter(description="json records, or a BIND zone fragment")]
+DomainName = Annotated[str | None, QueryParameter(max_length=253, description="only this sending domain")]
+
+
+@get("/dns/records/{tenant_id:int}", operation_id="listDnsRecords", summary="DNS records to publish",
+     tags=["dns"], description="Per sending domain: SPF from its IPs, DKIM TXT (and the previous key while "
+                               "PowerMTA may still hold mail signed with it), DMARC, the return-path SPF when "
+                               "one is set, and the PTR and A record of each IP's HELO hostname. `problems` "
+                               "names what cannot be emitted (an SPF past 10 lookups, a domain without a key).")
+async def list_records(tenant_id: TenantId, db: Db, caller: Caller, domain: DomainName = None,
+                       format: Format = "json") -> Response:
+    found = await dns_records.list_records(db, caller.scope(tenant_id), name=domain)
+    if format == "bind":
+        return Response(dns_records.to_bind(found), media_type=MediaType.TEXT)
+    return Response(found, media_type=MediaType.JSON)
+
+
+@get("/domains/{tenant_id:int}/{domain_id:int}/dns", operation_id="getDomainDns", summary="DNS check status",
+     tags=["dns"], description="What the last check found for each record (ok, missing, wrong with what was "
+                               "found, error when DNS failed) and `sending_hold`: why the domain may not send, "
+                               "or null.")
+async def get_status(tenant_id: TenantId, domain_id: DomainId, db: Db, caller: Caller) -> DnsStatus:
+    return await dns_checks.domain_status(db, caller.scope(tenant_id), domain_id)
+
+
+@post("/domains/{tenant_id:int}/{domain_id:int}/dns/check", operation_id="checkDomainDns", status_code=200,
+      summary="Check a domain's DNS now", tags=["dns"],
+      description="Queries the configured resolvers (EMAIL_ENGINE_DNS_SERVERS) and stores the result.")
+async def check_now(tenant_id: TenantId, domain_id: DomainId, db: Db, caller: Caller, settings: Config) -> DnsStatus:
+    scoped = caller.scope(tenant_id)
+    async with Resolver(settings.dns_servers) as resolver:
+        await dns_checks.run_checks(db, resolver, scoped, domain_id)
+    return await dns_checks.domain_status(db, scoped, domain_id)
+
+
+ROUTES = [list_records, get_status, check_now]

@@ -1,0 +1,21 @@
+-- name: dns-store-domain
+UPDATE domains SET spf_status = $3, dkim_status = $4, dmarc_status = $5, ptr_status = $6, dns_report = $7,
+                   checked_at = now(), updated_at = now()
+WHERE tenant_id = $1 AND id = $2;
+
+-- name: dns-store-ip
+UPDATE ips SET ptr_status = $3, dns_report = $4, dns_checked_at = now()
+WHERE tenant_id = $1 AND id = $2;
+
+-- name: dns-domain-report
+-- What the last check stored for one domain, with the PTR findings of its IPs.
+SELECT d.id, d.name, d.spf_status, d.dkim_status, d.dmarc_status, d.ptr_status, d.dns_report, d.checked_at,
+       d.held_reason
+FROM domains d
+WHERE d.tenant_id = $1 AND d.id = $2;
+
+-- name: dns-sending-domain
+-- The sending state of the domain a campaign's From address is at: what may keep it from sending.
+SELECT name, spf_status, dkim_status, dns_report, held_reason
+FROM domains
+WHERE tenant_id = $1 AND name = $2;
