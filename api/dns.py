@@ -8,7 +8,7 @@ from litestar import MediaType, Response, get, post
 from litestar.params import QueryParameter
 
 from api.deps import Caller, Config, Db, TenantId, id_param
-from engine import dns_checks, dns_records
+from engine import blocklists, dns_checks, dns_records
 from engine.dns_checks import DnsStatus
 from engine.dns_lookup import Resolver
 
@@ -48,4 +48,14 @@ async def check_now(tenant_id: TenantId, domain_id: DomainId, db: Db, caller: Ca
     return await dns_checks.domain_status(db, scoped, domain_id)
 
 
-ROUTES = [list_records, get_status, check_now]
+@post("/domains/{tenant_id:int}/{domain_id:int}/release", operation_id="releaseDomainHold", status_code=200,
+      summary="Lift a domain's blocklist hold", tags=["dns"],
+      description="Once the domain is delisted: its campaigns may send again (a wrong SPF or DKIM still holds "
+                  "it until the next check finds the records fixed).")
+async def release(tenant_id: TenantId, domain_id: DomainId, db: Db, caller: Caller) -> DnsStatus:
+    scoped = caller.scope(tenant_id)
+    await blocklists.release_domain(db, scoped, domain_id)
+    return await dns_checks.domain_status(db, scoped, domain_id)
+
+
+ROUTES = [list_records, get_status, check_now, release]
