@@ -30,6 +30,7 @@ from api import (
     imports,
     ips,
     mailwizz,
+    pmta,
     suppressions,
     templates,
     tenants,
@@ -71,7 +72,8 @@ def controllers() -> Sequence[Any]:
     """Every route of the API; each noun's module exposes `ROUTES`."""
     return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES,
             *suppressions.ROUTES, *templates.ROUTES, *ips.ROUTES, *domains.ROUTES, *warmup.ROUTES,
-            *mailwizz.ROUTES, *feedback.ROUTES, *dns.ROUTES]
+            *mailwizz.ROUTES, *feedback.ROUTES, *dns.ROUTES,
+            *pmta.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import msgspec
+
+from pmta import shaping
+from pmta.shaping import Shaping
+
+DEFAULT_ACCOUNTING_FILE = "/var/log/pmta/acct.csv"
 
 
 class VmtaSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -13,6 +19,8 @@ class VmtaSpec(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     address: str          # the sending IP (IPv4 or IPv6 literal)
     hostname: str         # HELO name; must match the IP's PTR (FCrDNS)
+    max_per_day: int = 0  # today's warmup quota as `max-smtp-msg-rate N/d`; 0: no fence
+    note: str = ""        # a comment line above the block (why a VMTA is out of its pool)
 
 
 class PoolSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,15 +38,6 @@ class DkimKeySpec(msgspec.Struct, frozen=True, kw_only=True):
     key_file: str
 
 
-class DomainLimit(msgspec.Struct, frozen=True, kw_only=True):
-    """Throttles for one destination domain, emitted as a `<domain>` block."""
-
-    domain: str
-    max_smtp_out: int
-    max_msg_per_connection: int = 0     # 0: unlimited (PowerMTA's default)
-    max_msg_rate: str = ""              # e.g. "500/h"; empty: unlimited
-
-
 class ConfigSpec(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the generator needs; the caller reads it from the database."""
 
@@ -47,47 +46,24 @@ class ConfigSpec(msgspec.Struct, frozen=True, kw_only=True):
     dkim_keys: tuple[DkimKeySpec, ...] = ()
     injector_addresses: tuple[str, ...] = ("127.0.0.1",)   # who may inject and select VMTAs by header
     listener: str = "127.0.0.1:25"                          # smtp-listener CIDR:PORT for the engine
-    accounting_file: str = "/var/log/pmta/acct.csv"
-    domain_limits: tuple[DomainLimit, ...] = ()             # empty: PROVIDER_LIMITS
+    accounting_file: str = DEFAULT_ACCOUNTING_FILE
+    fbl_address: str | None = None                          # complaint address for <feedback-loop-processor>
+    shaping: Shaping | None = None                          # None: pmta/shaping.toml
 
 
-# Per-provider throttles. Starting points from common PowerMTA practice, not figures the providers
-# publish (none publish connection counts: deliverability.md §1): Gmail and Outlook tolerate more parallel
-# sessions than Yahoo, which "accepts a limited number of messages per SMTP connection and closes the
-# connection without an error" (deliverability.md §1.2), hence its per-connection cap. Tune per tenant
-# from accounting `t`/`tq` records before raising any of them.
-PROVIDER_LIMITS: tuple[DomainLimit, ...] = (
-    DomainLimit(domain="gmail.com", max_smtp_out=10, max_msg_per_connection=100),
-    DomainLimit(domain="googlemail.com", max_smtp_out=10, max_msg_per_connection=100),
-    DomainLimit(domain="yahoo.com", max_smtp_out=5, max_msg_per_connection=20, max_msg_rate="1000/h"),
-    DomainLimit(domain="aol.com", max_smtp_out=5, max_msg_per_connection=20, max_msg_rate="1000/h"),
-    DomainLimit(domain="outlook.com", max_smtp_out=8, max_msg_per_connection=50),
-    DomainLimit(domain="hotmail.com", max_smtp_out=8, max_msg_per_connection=50),
-    DomainLimit(domain="live.com", max_smtp_out=8, max_msg_per_connection=50),
-)
-
-# Every other destination: PowerMTA's own defaults (§3.3.10: max-smtp-out 20, bounce-after 4d12h) with the
-# guide's widening retry schedule (§3), and `dkim-sign yes`, which signing needs per destination (§6).
-DEFAULT_DOMAIN: tuple[tuple[str, str], ...] = (
-    ("max-smtp-out", "20"),
-    ("retry-after", "10m,10m,10m,10m,10m,1h,1h,1h,4h,4h,12h"),
-    ("bounce-after", "4d12h"),
-    ("backoff-retry-after", "1h"),
-    ("backoff-to-normal-after", "6h"),
-    ("dkim-sign", "yes"),
-    ("smtp-pattern-list", "backoff"),
-)
-
-# General-purpose reply patterns from the guide's example (§5); provider-specific ones belong to the operator.
-BACKOFF_PATTERNS: tuple[tuple[str, str], ...] = (
-    (r"^421 .* too many errors", "mode=backoff"),
-    (r"too many connections", "skip-mx"),
-    (r"resources temporarily unavailable", "defer-queue"),
-    (r"Excessive unknown recipients", "mode=backoff"),
-)
-
-# Records the engine's accounting reader needs (reference §9.7).
+# Records the engine's accounting reader needs (reference §9.7), and per type the fields it reads back
+# (pmta/accounting.py COLUMNS; a test keeps the two in step). Naming them keeps the files small: `t`
+# records are many, and PowerMTA's `*` would write every field of every record.
 ACCOUNTING_RECORDS = "d,b,t,tq,rb,f"
+ACCOUNTING_FIELDS: tuple[tuple[str, str], ...] = (
+    ("d", "timeLogged,timeQueued,orig,rcpt,dsnAction,dsnStatus,dsnDiag,dsnMta,vmta,jobId,envId,queue,dlvSourceIp"),
+    ("b", "timeLogged,timeQueued,orig,rcpt,dsnAction,dsnStatus,dsnDiag,dsnMta,bounceCat,vmta,jobId,envId,queue"),
+    ("t", "timeLogged,timeQueued,orig,rcpt,dsnAction,dsnStatus,dsnDiag,dsnMta,bounceCat,vmta,jobId,envId,queue,"
+          "dlvSourceIp"),
+    ("tq", "timeLogged,queue,vmta,dsnStatus,dsnDiag,dsnMta,dlvSourceIp"),
+    ("rb", "timeLogged,orig,rcpt,dsnStatus,dsnDiag,dsnMta,bounceCat,envId,format"),
+    ("f", "timeLogged,orig,rcpt,feedbackType,format,envId,dlvSourceIp"),
+)
 
 
 class ConfigError(ValueError):
@@ -106,7 +82,14 @@ def check(spec: ConfigSpec) -> None:
             raise ConfigError(f"virtual MTA {vmta.name}: {vmta.address!r} is not an IP address") from None
         if not vmta.hostname or " " in vmta.hostname or _is_ip(vmta.hostname):
             raise ConfigError(f"virtual MTA {vmta.name}: {vmta.hostname!r} is not a host name")
+    for vmta in spec.vmtas:
+        if "\n" in vmta.note:
+            raise ConfigError(f"virtual MTA {vmta.name}: a note is one line")
+    if spec.fbl_address is not None and not re.match(r"^[^@\s,]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,63}$", spec.fbl_address):
+        raise ConfigError(f"feedback-loop address {spec.fbl_address!r} is not an email address")
     for pool in spec.pools:
+        if not pool.vmtas:  # a pool needs at least one member
+            raise ConfigError(f"pool {pool.name} has no virtual MTA")
         if pool.name in names:  # pools and VMTAs share one name space (§2.1)
             raise ConfigError(f"pool {pool.name} has the name of a virtual MTA")
         unknown = set(pool.vmtas) - set(names)
@@ -126,8 +109,13 @@ def _is_ip(text: str) -> bool:
 
 
 def render_vmta(vmta: VmtaSpec) -> str:
-    """`<virtual-mta>`: IP first, then the HELO host name (§2)."""
-    return f"<virtual-mta {vmta.name}>\n    smtp-source-host {vmta.address} {vmta.hostname}\n</virtual-mta>\n"
+    """`<virtual-mta>`: IP first, then the HELO host name (§2); the day's quota as a VMTA-wide rate."""
+    note = f"# {vmta.note}\n" if vmta.note else ""
+    # max-smtp-msg-rate caps the VMTA as a whole (§3.3.12.2); a max-msg-rate in its <domain *> would cap
+    # each destination queue separately and let the VMTA's total run past the quota.
+    fence = f"    max-smtp-msg-rate {vmta.max_per_day}/d\n" if vmta.max_per_day else ""
+    return (f"{note}<virtual-mta {vmta.name}>\n    smtp-source-host {vmta.address} {vmta.hostname}\n{fence}"
+            "</virtual-mta>\n")
 
 
 def render_pool(pool: PoolSpec) -> str:
@@ -157,27 +145,20 @@ def render_sources(injectors: tuple[str, ...], listener: str) -> str:
     return "".join(blocks)
 
 
-def render_domain(limit: DomainLimit) -> str:
-    """One `<domain>` throttle block."""
-    lines = [f"<domain {limit.domain}>", f"    max-smtp-out {limit.max_smtp_out}"]
-    if limit.max_msg_per_connection:
-        lines.append(f"    max-msg-per-connection {limit.max_msg_per_connection}")
-    if limit.max_msg_rate:
-        lines.append(f"    max-msg-rate {limit.max_msg_rate}")
-    return "\n".join(lines) + "\n</domain>\n"
-
-
-def render_defaults() -> str:
-    """The backoff pattern list and the `<domain *>` block every other destination gets."""
-    patterns = "".join(f"    reply /{pattern}/ {action}\n" for pattern, action in BACKOFF_PATTERNS)
-    domain = "".join(f"    {name} {value}\n" for name, value in DEFAULT_DOMAIN)
-    return (f"<smtp-pattern-list backoff>\n{patterns}</smtp-pattern-list>\n"
-            f"<domain *>\n{domain}</domain>\n")
-
-
 def render_accounting(path: str) -> str:
     """The accounting file the engine ingests; envId and jobId tie records back to sends rows."""
-    return f"<acct-file {path}>\n    records {ACCOUNTING_RECORDS}\n    move-interval 5m\n</acct-file>\n"
+    fields = "".join(f"    record-fields {kind} {names}\n" for kind, names in ACCOUNTING_FIELDS)
+    return (f"<acct-file {path}>\n    records {ACCOUNTING_RECORDS}\n{fields}    move-interval 5m\n"
+            "</acct-file>\n")
+
+
+def render_feedback_loop(address: str | None) -> str:
+    """PowerMTA takes the complaint mailbox's mail itself and writes `f` records (reference §11)."""
+    if not address:
+        return ""
+    domain = address.rpartition("@")[2]
+    return (f"relay-domain {domain}\n<feedback-loop-processor>\n    deliver-unmatched-email no\n"
+            f"    <address-list>\n        address {address}\n    </address-list>\n</feedback-loop-processor>\n")
 
 
 def render_config(spec: ConfigSpec) -> str:
@@ -189,8 +170,8 @@ def render_config(spec: ConfigSpec) -> str:
         render_dkim(spec.dkim_keys),
         "".join(render_vmta(v) for v in spec.vmtas),
         "".join(render_pool(p) for p in spec.pools),
-        render_defaults(),
-        "".join(render_domain(d) for d in spec.domain_limits or PROVIDER_LIMITS),
+        shaping.render(spec.shaping or shaping.load()),
         render_accounting(spec.accounting_file),
+        render_feedback_loop(spec.fbl_address),
     ]
     return "\n".join(section for section in sections if section)

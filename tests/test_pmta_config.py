@@ -6,12 +6,11 @@ import re
 
 import pytest
 
+from pmta import shaping
 from pmta.config import (
-    PROVIDER_LIMITS,
     ConfigError,
     ConfigSpec,
     DkimKeySpec,
-    DomainLimit,
     PoolSpec,
     VmtaSpec,
     render_config,
@@ -62,9 +61,12 @@ def test_sample_config_text():
         "domain-key s1,*,/etc/pmta/dkim/default.pem",
     ]
     domains = blocks(text, "domain")
-    assert "dkim-sign yes" in domains["*"] and "smtp-pattern-list backoff" in domains["*"]
-    assert set(domains) == {"*"} | {limit.domain for limit in PROVIDER_LIMITS}
-    assert "max-msg-per-connection 20" in domains["yahoo.com"]
+    assert "dkim-sign yes" in domains["*"] and "smtp-pattern-list general" in domains["*"]
+    providers = shaping.load().provider
+    assert set(domains) == {"*"} | {d for p in providers for d in p.domains} | {
+        f"{p.name}.rollup" for p in providers if p.mx}
+    assert "max-msg-per-connection 20" in domains["yahoo.com"] and "smtp-pattern-list yahoo" in domains["yahoo.com"]
+    assert all("dkim-sign yes" in body for body in domains.values())
     assert "records d,b,t,tq,rb,f" in blocks(text, "acct-file")["/var/log/pmta/acct.csv"]
     # every opened block is closed, and nothing PowerMTA would reject slipped in (§2.2)
     for tag in ("virtual-mta", "virtual-mta-pool", "source", "domain", "acct-file", "smtp-pattern-list"):
@@ -72,11 +74,12 @@ def test_sample_config_text():
     assert "weight" not in text and "{" not in text
 
 
-def test_custom_domain_limits_replace_the_provider_table():
-    spec = msgspec_replace(SAMPLE, domain_limits=(DomainLimit(domain="inbox.test", max_smtp_out=2),))
-    domains = blocks(render_config(spec), "domain")
+def test_a_shaping_table_replaces_the_bundled_one():
+    table = shaping.Shaping(defaults=shaping.load().defaults,
+                            provider=[shaping.Provider(name="inbox", domains=["inbox.test"], max_smtp_out=2)])
+    domains = blocks(render_config(msgspec_replace(SAMPLE, shaping=table)), "domain")
     assert set(domains) == {"*", "inbox.test"}
-    assert domains["inbox.test"] == ["max-smtp-out 2"]
+    assert domains["inbox.test"] == ["max-smtp-out 2", "dkim-sign yes", "smtp-pattern-list inbox"]
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -89,6 +92,10 @@ def test_custom_domain_limits_replace_the_provider_table():
                 pools=(PoolSpec(name="a", vmtas=("a",)),)), "name of a virtual MTA"),
     (ConfigSpec(vmtas=(VmtaSpec(name="a", address="192.0.2.1", hostname="a.example"),),
                 pools=(PoolSpec(name="p", vmtas=("a", "ghost")),)), "unknown virtual MTAs"),
+    (ConfigSpec(vmtas=(VmtaSpec(name="a", address="192.0.2.1", hostname="a.example"),),
+                pools=(PoolSpec(name="p", vmtas=()),)), "no virtual MTA"),
+    (ConfigSpec(vmtas=(VmtaSpec(name="a", address="192.0.2.1", hostname="a.example", note="x\ny"),)), "one line"),
+    (ConfigSpec(vmtas=(), fbl_address="fbl at example"), "not an email address"),
 ])
 def test_refuses_specs_powermta_would_reject(spec, message):
     with pytest.raises(ConfigError, match=message):
