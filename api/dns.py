@@ -4,15 +4,31 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from litestar import MediaType, Response, get, post
-from litestar.params import QueryParameter
+import msgspec
+from litestar import MediaType, Response, get, post, put
+from litestar.params import JSONBody, QueryParameter
 
 from api.deps import Caller, Config, Db, TenantId, id_param
 from engine import blocklists, dns_checks, dns_records
 from engine.dns_checks import DnsStatus
 from engine.dns_lookup import Resolver
+from engine.dns_records import DnsPolicy, DomainRecords
 
 DomainId = id_param("domain")
+
+
+class PolicySet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    dmarc_policy: Literal["none", "quarantine", "reject"] | None = None   # DMARC p=; null: none
+    dmarc_rua: Annotated[str, msgspec.Meta(max_length=500, examples=["mailto:dmarc@sos-expat.example"],
+                                           description="aggregate reports; null: dmarc@<domain>")] | None = None
+    spf_include: Annotated[list[Annotated[str, msgspec.Meta(max_length=253)]],
+                           msgspec.Meta(max_length=10, examples=[["_spf.crm.example"]],
+                                        description="other senders' SPF records to include")] | None = None
+
+
+class ReturnPathSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    return_path: Annotated[str, msgspec.Meta(max_length=253, examples=["bounces.sos-expat-mail-01.example"],
+                                             description="bounce domain; null: the domain itself")] | None
 Format = Annotated[Literal["json", "bind"], QueryParameter(description="json records, or a BIND zone fragment")]
 DomainName = Annotated[str | None, QueryParameter(max_length=253, description="only this sending domain")]
 
@@ -58,4 +74,24 @@ async def release(tenant_id: TenantId, domain_id: DomainId, db: Db, caller: Call
     return await dns_checks.domain_status(db, scoped, domain_id)
 
 
-ROUTES = [list_records, get_status, check_now, release]
+@put("/dns/policy/{tenant_id:int}", operation_id="setDnsPolicy", summary="Set the tenant's DNS choices",
+     tags=["dns"], description="DMARC policy and report address, and SPF includes, for every domain of the "
+                               "tenant; each field replaces the stored one (null: the default). 400 names the "
+                               "field, including an SPF that would need more than 10 lookups.")
+async def set_policy(tenant_id: TenantId, data: JSONBody[PolicySet], db: Db, caller: Caller) -> DnsPolicy:
+    return await dns_records.set_policy(db, caller.scope(tenant_id), DnsPolicy(
+        dmarc_policy=data.dmarc_policy, dmarc_rua=data.dmarc_rua, spf_include=data.spf_include))
+
+
+@put("/domains/{tenant_id:int}/{domain_id:int}/return-path", operation_id="setDomainReturnPath",
+     summary="Set a domain's return-path (bounce) domain", tags=["dns"],
+     description="Its SPF record then lists the domain's IPs too, and the checks read it.")
+async def set_return_path(tenant_id: TenantId, domain_id: DomainId, data: JSONBody[ReturnPathSet], db: Db,
+                          caller: Caller) -> DomainRecords:
+    scoped = caller.scope(tenant_id)
+    await dns_records.set_return_path(db, scoped, domain_id, data.return_path)
+    (records,) = await dns_records.list_records(db, scoped, domain_id=domain_id)
+    return records
+
+
+ROUTES = [list_records, get_status, check_now, release, set_policy, set_return_path]

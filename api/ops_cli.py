@@ -127,8 +127,9 @@ async def blocklist_check(db: Any, settings: Settings, secret_key: str, args: ar
     from engine import blocklists
     from engine.dns_lookup import Resolver
 
-    async with Resolver(settings.dns_servers) as resolver:
-        result = await blocklists.watch(db, resolver, blocklists.load_policy(settings.blocklists_file), args.tenant)
+    policy = blocklists.load_policy(settings.blocklists_file)
+    async with Resolver(settings.dns_servers) as resolver, db.acquire() as conn:  # status changes need one connection
+        result = await blocklists.watch(conn, resolver, policy, args.tenant)
     for line in result.lines():
         print(line)
     return 0

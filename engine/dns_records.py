@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from engine.errors import Invalid
+from engine.errors import Invalid, NotFound
 from sql import q
 
 TTL = 3600
@@ -94,6 +94,52 @@ def dmarc_value(domain: str, settings: dict[str, Any]) -> str:
         raise Invalid(f"dmarc_policy: expected none, quarantine or reject, got {policy!r}", field="dmarc_policy")
     rua = settings.get("dmarc_rua") or f"mailto:dmarc@{domain}"
     return f"v=DMARC1; p={policy}; rua={rua}"
+
+
+class DnsPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant's choices for its domains' records; None is the default (p=none, rua to dmarc@<domain>)."""
+
+    dmarc_policy: str | None = None
+    dmarc_rua: str | None = None
+    spf_include: list[str] | None = None
+
+
+HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+def check_policy(policy: DnsPolicy) -> None:
+    """Invalid naming the field for a policy the records could not carry."""
+    if policy.dmarc_policy is not None and policy.dmarc_policy not in DMARC_POLICIES:
+        raise Invalid(f"dmarc_policy: expected none, quarantine or reject, got {policy.dmarc_policy!r}",
+                      field="dmarc_policy")
+    if policy.dmarc_rua is not None:
+        for uri in policy.dmarc_rua.split(","):
+            if not re.match(r"^mailto:[^@\s;,!]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,63}$", uri.strip()):
+                raise Invalid(f"dmarc_rua: expected mailto:address[,mailto:address], got {policy.dmarc_rua!r}",
+                              field="dmarc_rua")
+    for host in policy.spf_include or []:
+        if not HOST.match(host):
+            raise Invalid(f"spf_include: {host!r} is not a domain name", field="spf_include")
+    spf_value(["192.0.2.1"], policy.spf_include or [])  # raises Invalid past 10 lookups
+
+
+async def set_policy(db: asyncpg.Connection, tenant_id: int, policy: DnsPolicy) -> DnsPolicy:
+    """Store the tenant's DNS choices (every field replaced; None back to the default)."""
+    check_policy(policy)
+    settings = await db.fetchval(q("dns-set-tenant-policy"), tenant_id, msgspec.structs.asdict(policy))
+    if settings is None:
+        raise NotFound(f"tenant {tenant_id} not found")
+    return msgspec.convert({k: settings.get(k) for k in DnsPolicy.__struct_fields__}, DnsPolicy)
+
+
+async def set_return_path(db: asyncpg.Connection, tenant_id: int, domain_id: int, return_path: str | None) -> None:
+    """The bounce domain whose SPF must list the domain's IPs too (None: the domain itself)."""
+    if return_path is not None:
+        return_path = return_path.strip().rstrip(".").lower()
+        if not HOST.match(return_path):
+            raise Invalid(f"return_path: {return_path!r} is not a domain name", field="return_path")
+    if await db.fetchval(q("dns-set-return-path"), tenant_id, domain_id, return_path) is None:
+        raise NotFound(f"domain {domain_id} not found")
 
 
 def domain_records(domain: DomainDns) -> DomainRecords:

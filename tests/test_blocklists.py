@@ -121,3 +121,22 @@ async def test_the_worker_job_reads_the_configured_list_and_resolvers(db, seeded
             await ctx["pool"].close()
     row = await db.fetchrow("SELECT status::text, status_reason FROM ips WHERE address = '198.51.100.20'")
     assert tuple(row) == ("blacklisted", "listed on Loopback BL (bl.test) 127.0.0.2")
+
+
+async def test_cli_check(db, seeded, settings, tmp_path) -> None:
+    from tests.test_dns import run_cli
+
+    policy = tmp_path / "blocklists.toml"
+    policy.write_text('[[ip]]\nname = "Loopback BL"\nzone = "bl.test"\n[ip.errors]\n"127.255.255.254" = "public resolver"\n')
+    zones = {blocklist_name("198.51.100.11", "bl.test"): {"A": ["127.0.0.2"]},
+             blocklist_name("198.51.100.12", "bl.test"): {"A": ["127.255.255.254"]}}
+    async with DnsServer(zones) as dns:
+        code, out, err = await run_cli(settings, "blocklist", "check", "--tenant", "2",
+                                       env={"EMAIL_ENGINE_DNS_SERVERS": dns.address,
+                                            "EMAIL_ENGINE_BLOCKLISTS": str(policy)})
+    assert code == 0, err
+    assert out.splitlines() == [
+        "listed 198.51.100.11: listed on Loopback BL (bl.test) 127.0.0.2",
+        "paused 198.51.100.11: listed on Loopback BL (bl.test) 127.0.0.2",
+        "error 198.51.100.12: Loopback BL refused the query: 127.255.255.254 (public resolver)",
+        "50 IP(s) and 50 domain(s) checked: 1 listed, 1 newly paused, 1 check error(s)"]

@@ -235,3 +235,31 @@ async def test_cli_keygen_records_and_check(db, seeded, settings) -> None:
            "198.51.100.15 and 45 more" in lines
     assert "ulixai-mail-09.example spf=missing dkim=missing dmarc=missing ptr=missing" in lines
     assert lines[-1] == "50 domain(s) checked, 1 held from sending (SPF or DKIM wrong)"
+
+
+async def test_api_sets_the_tenant_policy_and_return_path(client, admin, seeded, db) -> None:
+    d = await new_domain(db)
+    body = {"dmarc_policy": "quarantine", "dmarc_rua": "mailto:dmarc@sos-expat.example", "spf_include": ["_spf.crm.example"]}
+    r = await client.put("/api/v2/dns/policy/1", json=body, headers=admin)
+    assert r.status_code == 200 and r.json() == body, r.text
+    for bad, field in [({"dmarc_policy": "strict"}, "dmarc_policy"), ({"dmarc_rua": "dmarc@x.example"}, "dmarc_rua"),
+                       ({"spf_include": ["not a host"]}, "spf_include"), ({"p": "none"}, None),
+                       ({"spf_include": [f"i{n}.example" for n in range(11)]}, None)]:
+        r = await client.put("/api/v2/dns/policy/1", json=bad, headers=admin)
+        assert r.status_code == 400, (bad, r.text)
+        if field:
+            assert r.json()["field"] == field, r.json()
+    r = await client.put(f"/api/v2/domains/1/{d.id}/return-path", json={"return_path": f"Bounces.{NAME}."}, headers=admin)
+    assert r.status_code == 200, r.text
+    purposes = {x["purpose"]: x for x in r.json()["records"]}
+    assert purposes["return_path"]["name"] == f"bounces.{NAME}" and "include:_spf.crm.example" in purposes["spf"]["value"]
+    assert purposes["dmarc"]["value"] == "v=DMARC1; p=quarantine; rua=mailto:dmarc@sos-expat.example"
+    r = await client.put(f"/api/v2/domains/1/{d.id}/return-path", json={"return_path": "no_dots"}, headers=admin)
+    assert r.status_code == 400 and r.json()["field"] == "return_path"
+    key2 = await tenant_key(client, admin, 2)
+    assert (await client.put("/api/v2/dns/policy/1", json=body, headers=key2)).status_code == 404
+    assert (await client.put(f"/api/v2/domains/2/{d.id}/return-path", json={"return_path": None},
+                             headers=key2)).status_code == 404
+    r = await client.put("/api/v2/dns/policy/1", json={}, headers=admin)
+    assert r.json() == {"dmarc_policy": None, "dmarc_rua": None, "spf_include": None}
+    assert "dmarc_policy" not in await db.fetchval("SELECT settings FROM tenants WHERE id = 1")

@@ -30,3 +30,13 @@ SELECT id, tenant_id, host(address) AS address, hostname, status::text AS status
 FROM ips
 WHERE ($1::bigint IS NULL OR tenant_id = $1) AND status <> 'retired'
 ORDER BY id;
+
+-- name: dns-set-tenant-policy
+-- The tenant's DMARC policy, report address and SPF includes live in its settings beside the warmup curve;
+-- a NULL value removes the key (back to the default).
+UPDATE tenants SET settings = jsonb_strip_nulls(settings || $2::jsonb), updated_at = now()
+WHERE id = $1
+RETURNING settings;
+
+-- name: dns-set-return-path
+UPDATE domains SET return_path = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2 RETURNING id;
