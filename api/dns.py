@@ -10,11 +10,12 @@ from litestar.params import JSONBody, QueryParameter
 
 from api.deps import Caller, Config, Db, TenantId, id_param
 from engine import blocklists, dns_checks, dns_records
-from engine.dns_checks import DnsStatus
+from engine.dns_checks import DnsStatus, IpDnsStatus
 from engine.dns_lookup import Resolver
 from engine.dns_records import DnsPolicy, DomainRecords
 
 DomainId = id_param("domain")
+IpId = id_param("IP")
 
 
 class PolicySet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -52,6 +53,13 @@ async def list_records(tenant_id: TenantId, db: Db, caller: Caller, domain: Doma
                                "or null.")
 async def get_status(tenant_id: TenantId, domain_id: DomainId, db: Db, caller: Caller) -> DnsStatus:
     return await dns_checks.domain_status(db, caller.scope(tenant_id), domain_id)
+
+
+@get("/ips/{tenant_id:int}/{ip_id:int}/dns", operation_id="getIpDns", summary="An IP's DNS and blocklist status",
+     tags=["dns"], description="Its forward-confirmed reverse DNS (PTR -> HELO hostname -> A) and what each "
+                               "blocklist answered at the last check.")
+async def get_ip_status(tenant_id: TenantId, ip_id: IpId, db: Db, caller: Caller) -> IpDnsStatus:
+    return await dns_checks.ip_status(db, caller.scope(tenant_id), ip_id)
 
 
 @post("/domains/{tenant_id:int}/{domain_id:int}/dns/check", operation_id="checkDomainDns", status_code=200,
@@ -94,4 +102,4 @@ async def set_return_path(tenant_id: TenantId, domain_id: DomainId, data: JSONBo
     return records
 
 
-ROUTES = [list_records, get_status, check_now, release, set_policy, set_return_path]
+ROUTES = [list_records, get_status, get_ip_status, check_now, release, set_policy, set_return_path]

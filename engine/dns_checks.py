@@ -204,6 +204,28 @@ async def domain_status(db: asyncpg.Connection, tenant_id: int, domain_id: int) 
                      report=row["dns_report"], checked_at=row["checked_at"], sending_hold=_hold_reason(row))
 
 
+class IpDnsStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What the last checks found for an IP: its reverse DNS and each blocklist's verdict."""
+
+    ip_id: int
+    address: str
+    hostname: str
+    status: str
+    status_reason: str | None
+    ptr_status: str
+    dns_report: dict[str, Any]
+    dns_checked_at: dt.datetime | None
+    blocklist_report: dict[str, Any]
+    blocklist_checked_at: dt.datetime | None
+
+
+async def ip_status(db: asyncpg.Connection, tenant_id: int, ip_id: int) -> IpDnsStatus:
+    row = await db.fetchrow(q("dns-ip-report"), tenant_id, ip_id)
+    if row is None:
+        raise NotFound(f"IP {ip_id} not found")
+    return IpDnsStatus(**row)
+
+
 def _hold_reason(row: asyncpg.Record) -> str | None:
     if row["held_reason"]:
         return f"domain {row['name']} is held: {row['held_reason']}"

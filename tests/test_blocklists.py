@@ -104,6 +104,20 @@ async def test_a_listed_domain_is_held_until_released(client, admin, db, seeded)
     assert await dns_checks.sending_hold(db, 1, "hello@sos-expat-mail-03.example") is None
 
 
+async def test_ip_status_api(client, admin, db, seeded) -> None:
+    await run_watch(db, {blocklist_name("192.0.2.11", "zen.test"): {"A": ["127.0.0.2"]}})
+    r = await client.get("/api/v2/ips/1/1/dns", headers=admin)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "blacklisted" and body["status_reason"] == "listed on Spamhaus ZEN (zen.test) 127.0.0.2"
+    assert body["blocklist_report"]["Spamhaus ZEN"] == {"status": "listed", "codes": ["127.0.0.2"],
+                                                        "detail": "listed on Spamhaus ZEN (zen.test) 127.0.0.2"}
+    assert body["ptr_status"] == "unchecked"
+    key2 = await tenant_key(client, admin, 2)
+    assert (await client.get("/api/v2/ips/1/1/dns", headers=key2)).status_code == 404
+    assert (await client.get("/api/v2/ips/2/1/dns", headers=key2)).status_code == 404
+
+
 async def test_the_worker_job_reads_the_configured_list_and_resolvers(db, seeded, settings, tmp_path) -> None:
     import msgspec
 

@@ -19,3 +19,10 @@ WHERE d.tenant_id = $1 AND d.id = $2;
 SELECT name, spf_status, dkim_status, dns_report, held_reason
 FROM domains
 WHERE tenant_id = $1 AND name = $2;
+
+-- name: dns-ip-report
+-- What the last checks found for one IP: its FCrDNS and its blocklist lookups.
+SELECT id AS ip_id, host(address) AS address, hostname, status::text AS status, status_reason, ptr_status,
+       dns_report, dns_checked_at, blocklist_report, blocklist_checked_at
+FROM ips
+WHERE tenant_id = $1 AND id = $2;
