@@ -188,8 +188,18 @@ class _Checked(msgspec.Struct, frozen=True, kw_only=True):
     suggestion: str | None
 
 
-def _check_offline(raw: str, role_accounts: Iterable[str]) -> _Checked | Verdict:
-    """Pure checks; a Verdict when the address already failed, so DNS is not asked."""
+def _domain_facts(domain: str) -> tuple[bool, str | None]:
+    """(disposable, typo suggestion) of one domain: the per-domain half of the pure checks."""
+    return is_disposable(domain), suggest_domain(domain)
+
+
+def _check_offline(raw: str, role_accounts: Iterable[str],
+                   facts: dict[str, tuple[bool, str | None]] | None = None) -> _Checked | Verdict:
+    """Pure checks; a Verdict when the address already failed, so DNS is not asked.
+
+    `facts` memoises the per-domain checks over a batch: a scraped batch has a few hundred distinct domains
+    for thousands of addresses, so the disposable and typo checks run once per domain, not per address.
+    """
     email = normalise_email(raw)
     if email is None:
         return Verdict(email=raw.strip(), status="invalid", score=0.0, reasons=("syntax",))
@@ -202,9 +212,14 @@ def _check_offline(raw: str, role_accounts: Iterable[str]) -> _Checked | Verdict
         reasons.append("utf8_local")
     if is_role_account(local, role_accounts):
         reasons.append("role_account")
-    if is_disposable(domain):
+    known = None if facts is None else facts.get(domain)
+    if known is None:
+        known = _domain_facts(domain)
+        if facts is not None:
+            facts[domain] = known
+    disposable, suggestion = known
+    if disposable:
         reasons.append("disposable")
-    suggestion = suggest_domain(domain)
     if suggestion is not None:
         reasons.append("typo")
     suggested = f"{local}@{suggestion}" if suggestion else None
@@ -243,7 +258,8 @@ async def validate_batch(
 ) -> list[Verdict]:
     """Verdicts in input order; DNS is asked once per distinct domain, the rest is pure Python."""
     roles = frozenset(role_accounts)
-    checked = [_check_offline(raw, roles) for raw in emails]
+    facts: dict[str, tuple[bool, str | None]] = {}
+    checked = [_check_offline(raw, roles, facts) for raw in emails]
     domains = sorted({c.domain for c in checked if isinstance(c, _Checked)})
     answers = dict(zip(domains, await asyncio.gather(*(resolver.check(d) for d in domains)), strict=True))
     return [c if isinstance(c, Verdict) else _finish(c, answers[c.domain], threshold) for c in checked]
