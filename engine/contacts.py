@@ -7,6 +7,7 @@ import functools
 import hashlib
 import re
 import unicodedata
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -213,8 +214,13 @@ def prepare_batch(contacts: list[ContactIn], *, known: set[int], owners: dict[in
     return PreparedBatch(size=len(contacts), rejected=rejected, merged=list(rows.values()), members=members)
 
 
-async def write_batch(db: asyncpg.Connection, batch: PreparedBatch) -> IngestReport:
-    """The upsert of a prepared batch, its tags and the outcome of each of its contacts (inside a transaction)."""
+async def write_batch(db: asyncpg.Connection, batch: PreparedBatch, *,
+                      locked: Callable[[], None] | None = None) -> IngestReport:
+    """The upsert of a prepared batch, its tags and the outcome of each of its contacts (inside a transaction).
+
+    `locked` is called once the batch holds every row lock another batch could need (its contacts and new
+    tags): a batch started after that waits for this one's commit where they overlap, never the other way.
+    """
     merged, members = batch.merged, batch.members
     columns = list(zip(*merged, strict=True)) if merged else [()] * 13
     customs = [None if c is None else msgspec.json.encode(c).decode() for c in columns[11]]
@@ -225,7 +231,7 @@ async def write_batch(db: asyncpg.Connection, batch: PreparedBatch) -> IngestRep
     for record in found:
         outcomes.append(record["outcome"])
         ids.append(record["id"])
-    await _tag(db, merged, ids, outcomes)
+    await _tag(db, merged, ids, outcomes, locked or _nothing)
 
     results: list[Outcome | None] = [None] * batch.size
     for index, reason in batch.rejected.items():
@@ -249,7 +255,12 @@ async def write_batch(db: asyncpg.Connection, batch: PreparedBatch) -> IngestRep
     return IngestReport(**counts, results=results, to_validate=to_validate)
 
 
-async def _tag(db: asyncpg.Connection, merged: list[list], ids: list[int], outcomes: list[str]) -> None:
+def _nothing() -> None:
+    return None
+
+
+async def _tag(db: asyncpg.Connection, merged: list[list], ids: list[int], outcomes: list[str],
+               locked: Callable[[], None]) -> None:
     """Create missing tags and link them; an unchanged contact that gains a tag becomes updated."""
     contact_ids, tenants, slugs = [], [], []
     for row, contact_id, outcome in zip(merged, ids, outcomes, strict=True):
@@ -260,8 +271,10 @@ async def _tag(db: asyncpg.Connection, merged: list[list], ids: list[int], outco
             tenants.append(row[0])
             slugs.append(slug)
     if not slugs:
+        locked()
         return
     await db.execute(q("ensure-tags"), tenants, slugs)
+    locked()
     gained = {r["contact_id"] for r in await db.fetch(q("link-contact-tags"), contact_ids, tenants, slugs)}
     newly: dict[int, list[int]] = {}
     for i, (row, contact_id) in enumerate(zip(merged, ids, strict=True)):

@@ -213,37 +213,73 @@ async def _ingest_file(pool: asyncpg.Pool, import_id: int, tenant_id: int, path:
         columns = csv_files.columns(header[1], mapping)
         reader = _Reader(records, tenant_id, columns, len(header[1]), defaults, fmt.delimiter)
         reader.skip(skip)  # a resumed run: these records are in already
-        # The next batch is parsed and checked in a thread while this one is in the database: the client's
-        # Python and the server's upsert overlap instead of taking turns.
-        upcoming = asyncio.ensure_future(asyncio.to_thread(reader.next_batch))
-        try:
-            while (batch := await upcoming) is not None:
-                upcoming = asyncio.ensure_future(asyncio.to_thread(reader.next_batch))
-                await _write(pool, import_id, tenant_id, batch, fmt.delimiter, on_batch)
-        finally:
-            if not upcoming.done():  # a thread cannot be cancelled: let it finish its batch, then drop it
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(upcoming)
+        await _pipeline(pool, import_id, tenant_id, reader, fmt.delimiter, on_batch)
     finally:
         records.close()
 
 
-async def _write(pool: asyncpg.Pool, import_id: int, tenant_id: int, batch: _Batch, delimiter: str,
-                 on_batch: Callable[[int, list[int]], Awaitable[None]]) -> None:
+async def _pipeline(pool: asyncpg.Pool, import_id: int, tenant_id: int, reader: _Reader, delimiter: str,
+                    on_batch: Callable[[int, list[int]], Awaitable[None]]) -> None:
+    """Batches through the database two at a time, committed in file order.
+
+    The next batch is parsed and checked in a thread while the database works, and batch k+1 starts its
+    statements once batch k holds its row locks, so the server's two cores and the client's Python overlap
+    instead of taking turns. Batch k+1 commits only after batch k did: `rows_read` always counts a prefix of
+    the file, which is where a resumed run starts.
+    """
+    upcoming = asyncio.ensure_future(asyncio.to_thread(reader.next_batch))
+    writing: list[tuple[asyncio.Task, asyncio.Future]] = []  # each batch's write and its locks-held signal
+    try:
+        while (batch := await upcoming) is not None:
+            upcoming = asyncio.ensure_future(asyncio.to_thread(reader.next_batch))
+            previous = writing[-1][0] if writing else None
+            if previous is not None:
+                await asyncio.wait([previous, writing[-1][1]], return_when=asyncio.FIRST_COMPLETED)
+                if previous.done() and previous.exception() is not None:
+                    break  # awaited below, where it raises
+            locked = asyncio.Event()
+            task = asyncio.create_task(_write(pool, import_id, batch, delimiter, on_batch, locked, previous))
+            writing.append((task, asyncio.ensure_future(locked.wait())))
+            if len(writing) > 2:
+                oldest, signal = writing.pop(0)
+                signal.cancel()
+                await oldest
+        for task, _ in writing:
+            await task
+    finally:
+        for task, signal in writing:
+            signal.cancel()
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        if not upcoming.done():  # a thread cannot be cancelled: let it finish its batch, then drop it
+            with contextlib.suppress(Exception):
+                await asyncio.shield(upcoming)
+
+
+async def _write(pool: asyncpg.Pool, import_id: int, batch: _Batch, delimiter: str,
+                 on_batch: Callable[[int, list[int]], Awaitable[None]], locked: asyncio.Event,
+                 previous: asyncio.Task | None) -> None:
     """One batch in one transaction, its counters and rejected lines with it (a resumed run skips it whole)."""
     rejects = list(batch.rejects)
-    async with pool.acquire() as db, db.transaction():
-        report = await contacts.write_batch(db, batch.prepared)
-        for result in report.results:
-            if result.outcome == "rejected":
-                # an erased address's line is reported by number only: its text is what was erased
-                erased = (result.reason or "").startswith("erased")
-                rejects.append((batch.lines[result.index], result.reason,
-                                None if erased else _raw(batch.kept[result.index], delimiter)))
-        if rejects:
-            await db.execute(q("add-import-rejects"), import_id, *map(list, zip(*rejects, strict=True)))
-        await db.execute(q("advance-import"), import_id, batch.records, report.created, report.updated,
-                         report.unchanged, len(rejects))
+    try:
+        async with pool.acquire() as db, db.transaction():
+            report = await contacts.write_batch(db, batch.prepared, locked=locked.set)
+            for result in report.results:
+                if result.outcome == "rejected":
+                    # an erased address's line is reported by number only: its text is what was erased
+                    erased = (result.reason or "").startswith("erased")
+                    rejects.append((batch.lines[result.index], result.reason,
+                                    None if erased else _raw(batch.kept[result.index], delimiter)))
+            if rejects:
+                await db.execute(q("add-import-rejects"), import_id, *map(list, zip(*rejects, strict=True)))
+            if previous is not None:
+                await previous  # the batch before commits first; if it failed, this one rolls back too
+            await db.execute(q("advance-import"), import_id, batch.records, report.created, report.updated,
+                             report.unchanged, len(rejects))
+    finally:
+        locked.set()  # even on failure: nothing may wait for locks this batch will never take
     # after the commit: a validation job must find its contacts
     for tenant, ids in report.to_validate.items():
         await on_batch(tenant, ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
 import os
@@ -268,3 +269,29 @@ async def test_a_batch_larger_than_the_file_and_resume_after_the_last_committed_
 
 async def _no_validation(tenant_id: int, ids: list[int]) -> None:
     return None
+
+
+async def test_the_same_address_and_new_tags_in_batches_written_side_by_side(client, sos, settings, db,
+                                                                           database_url, monkeypatch) -> None:
+    # batches of 3 go through the database two at a time: an address in two neighbouring batches, and a tag
+    # first seen in both, must neither deadlock nor be counted twice
+    lines = ["a@example.fr;Ann;t1", "b@example.fr;Bob;t1", "c@example.fr;Cy;t2",
+             "a@example.fr;Anna;t3", "d@example.fr;Di;t3", "c@example.fr;Cy;t2",
+             "e@example.fr;Ed;t4", "a@example.fr;Anna;t4", "f@example.fr;Fa;t3"]
+    text = "email;first_name;tags\n" + "\n".join(lines) + "\n"
+    r = await client.post("/api/v2/contacts/import", content=text.encode(), headers={**sos, "content-type": "text/csv"})
+    monkeypatch.setattr(imports, "BATCH", 3)
+    pool = await dbm.create_pool(database_url, min_size=1, max_size=4)
+    try:
+        await asyncio.wait_for(imports.run_import(pool, r.json()["id"], on_batch=_no_validation), 60)
+    finally:
+        await pool.close()
+    p = (await progress(client, sos, r.json()["id"]))["progress"]
+    # a: created, then updated (new name, new tag), then updated (new tag); c: created, then unchanged
+    assert (p["status"], p["rows_read"], p["created"], p["updated"], p["unchanged"], p["rejected"]) == \
+        ("done", 9, 6, 2, 1, 0)
+    row = await db.fetchrow("SELECT id, first_name FROM contacts WHERE email = 'a@example.fr'")
+    assert row["first_name"] == "Anna"
+    assert await db.fetchval("SELECT array_agg(t.slug ORDER BY t.slug) FROM contact_tags ct JOIN tags t "
+                             "ON t.id = ct.tag_id WHERE ct.contact_id = $1", row["id"]) == ["t1", "t3", "t4"]
+    assert await db.fetchval("SELECT count(*) FROM tags WHERE slug IN ('t1', 't2', 't3', 't4')") == 4
