@@ -159,7 +159,6 @@ def _children(settings: Settings, *, workers: int, standin: bool) -> tuple[list[
 
 async def _run(rt: Runtime, *, api: bool, worker: bool, standin: bool, children: Sequence[ChildSpec] = (),
                stand: _StandInAt | None = None) -> None:
-    from api.app import create_app
     from pmta.standin import StandIn, start_standin
     from workers.main import create_worker
 
@@ -172,7 +171,11 @@ async def _run(rt: Runtime, *, api: bool, worker: bool, standin: bool, children:
         port = STANDIN_PORT if _port_free("127.0.0.1", STANDIN_PORT) else 0
         stand = await start_standin(settings.home / "outbox", host="127.0.0.1", port=port)
         settings = msgspec.structs.replace(settings, pmta_host="127.0.0.1", pmta_port=stand.port)
-    server = _Server(create_app(settings, admin_key=rt.admin_key, secret_key=rt.secret_key), settings) if api else None
+    server = None
+    if api:  # imported only here: a worker process has no use for the web framework's memory
+        from api.app import create_app
+
+        server = _Server(create_app(settings, admin_key=rt.admin_key, secret_key=rt.secret_key), settings)
     arq_worker = create_worker(settings, secret_key=rt.secret_key, handle_signals=False) if worker else None
     try:
         if supervisor:

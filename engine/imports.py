@@ -158,7 +158,6 @@ class _Batch(msgspec.Struct, kw_only=True):
     records: int                       # records read, what `rows_read` moves by
     rejects: list[tuple[int, str, str | None]]
     lines: list[int]                   # line of each contact handed to the upsert
-    kept: list[list[str]]              # its fields, for the report if the upsert rejects it
     prepared: PreparedBatch
 
 
@@ -181,7 +180,7 @@ class _Reader:
         rejects: list[tuple[int, str, str | None]] = []
         good: list[ContactIn] = []
         lines: list[int] = []
-        kept: list[list[str]] = []
+        raws: list[list[str]] = []
         records = 0
         for line, fields, error in self.records:
             records += 1
@@ -193,13 +192,17 @@ class _Reader:
             else:
                 good.append(_contact(self.tenant_id, fields, self.columns, self.defaults))
                 lines.append(line)
-                kept.append(fields)
+                raws.append(fields)
             if records >= BATCH:
                 break
         if not records:
             return None
         prepared = contacts.prepare_batch(good, known={self.tenant_id}, owners=self.owners)
-        return _Batch(records=records, rejects=rejects, lines=lines, kept=kept, prepared=prepared)
+        # a line the checks refused is reported with its text now, so the fields need not wait for the
+        # database; the upsert itself refuses only erased addresses, which are reported without their text
+        for index, reason in prepared.rejected.items():
+            rejects.append((lines[index], reason, _raw(raws[index], self.delimiter)))
+        return _Batch(records=records, rejects=rejects, lines=lines, prepared=prepared)
 
 
 async def _ingest_file(pool: asyncpg.Pool, import_id: int, tenant_id: int, path: Path, fmt: CsvFormat,
@@ -213,12 +216,12 @@ async def _ingest_file(pool: asyncpg.Pool, import_id: int, tenant_id: int, path:
         columns = csv_files.columns(header[1], mapping)
         reader = _Reader(records, tenant_id, columns, len(header[1]), defaults, fmt.delimiter)
         reader.skip(skip)  # a resumed run: these records are in already
-        await _pipeline(pool, import_id, tenant_id, reader, fmt.delimiter, on_batch)
+        await _pipeline(pool, import_id, reader, on_batch)
     finally:
         records.close()
 
 
-async def _pipeline(pool: asyncpg.Pool, import_id: int, tenant_id: int, reader: _Reader, delimiter: str,
+async def _pipeline(pool: asyncpg.Pool, import_id: int, reader: _Reader,
                     on_batch: Callable[[int, list[int]], Awaitable[None]]) -> None:
     """Batches through the database two at a time, committed in file order.
 
@@ -231,15 +234,16 @@ async def _pipeline(pool: asyncpg.Pool, import_id: int, tenant_id: int, reader: 
     writing: list[tuple[asyncio.Task, asyncio.Future]] = []  # each batch's write and its locks-held signal
     try:
         while (batch := await upcoming) is not None:
-            upcoming = asyncio.ensure_future(asyncio.to_thread(reader.next_batch))
             previous = writing[-1][0] if writing else None
             if previous is not None:
                 await asyncio.wait([previous, writing[-1][1]], return_when=asyncio.FIRST_COMPLETED)
                 if previous.done() and previous.exception() is not None:
                     break  # awaited below, where it raises
             locked = asyncio.Event()
-            task = asyncio.create_task(_write(pool, import_id, batch, delimiter, on_batch, locked, previous))
+            task = asyncio.create_task(_write(pool, import_id, batch, on_batch, locked, previous))
             writing.append((task, asyncio.ensure_future(locked.wait())))
+            # at most three batches in memory: two in the database, one being read
+            upcoming = asyncio.ensure_future(asyncio.to_thread(reader.next_batch))
             if len(writing) > 2:
                 oldest, signal = writing.pop(0)
                 signal.cancel()
@@ -258,7 +262,7 @@ async def _pipeline(pool: asyncpg.Pool, import_id: int, tenant_id: int, reader: 
                 await asyncio.shield(upcoming)
 
 
-async def _write(pool: asyncpg.Pool, import_id: int, batch: _Batch, delimiter: str,
+async def _write(pool: asyncpg.Pool, import_id: int, batch: _Batch,
                  on_batch: Callable[[int, list[int]], Awaitable[None]], locked: asyncio.Event,
                  previous: asyncio.Task | None) -> None:
     """One batch in one transaction, its counters and rejected lines with it (a resumed run skips it whole)."""
@@ -266,12 +270,11 @@ async def _write(pool: asyncpg.Pool, import_id: int, batch: _Batch, delimiter: s
     try:
         async with pool.acquire() as db, db.transaction():
             report = await contacts.write_batch(db, batch.prepared, locked=locked.set)
+            refused = batch.prepared.rejected
             for result in report.results:
-                if result.outcome == "rejected":
+                if result.outcome == "rejected" and result.index not in refused:
                     # an erased address's line is reported by number only: its text is what was erased
-                    erased = (result.reason or "").startswith("erased")
-                    rejects.append((batch.lines[result.index], result.reason,
-                                    None if erased else _raw(batch.kept[result.index], delimiter)))
+                    rejects.append((batch.lines[result.index], result.reason, None))
             if rejects:
                 await db.execute(q("add-import-rejects"), import_id, *map(list, zip(*rejects, strict=True)))
             if previous is not None:

@@ -71,7 +71,7 @@ async def test_up_with_two_workers_restarts_a_killed_one_and_stops_cleanly(datab
            "EMAIL_ENGINE_ADMIN_KEY": ADMIN_KEY, "EMAIL_ENGINE_SECRET_KEY": SECRET_KEY,
            "EMAIL_ENGINE_HTTP_PORT": str(port), "EMAIL_ENGINE_LOG_LEVEL": "WARNING"}
     env.pop("EMAIL_ENGINE_PMTA_HOST", None)
-    up = subprocess.Popen([sys.executable, "-m", "api.cli", "up", "--workers", "2"], env=env, cwd=ROOT,
+    up = subprocess.Popen([sys.executable, "-m", "api.cli", "up", "--workers", "2"], env=env, cwd=ROOT,  # noqa: ASYNC220
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     seen: set[int] = set()
     arq = ArqRedis(ConnectionPool.from_url(redis_url), default_queue_name=f"{namespace}:queue")
