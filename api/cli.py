@@ -6,15 +6,18 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import msgspec
 
 from api import ops_cli
+from api.supervisor import ChildSpec, Supervisor
 from engine import db as dbm
 from engine import embedded, secrets
 from engine.settings import Settings, SettingsError, load_settings
@@ -26,8 +29,9 @@ STANDIN_PORT = 2525
 HELP = {
     "up": "Run everything on this machine: the stores (embedded PostgreSQL and Redis unless "
           "EMAIL_ENGINE_DATABASE_URL / EMAIL_ENGINE_REDIS_URL are set), migrations, the seed on first run, the API, "
-          "an arq worker and, unless EMAIL_ENGINE_PMTA_HOST is set, a local SMTP server standing in for PowerMTA "
-          "that keeps every message under the state directory. Ctrl-C stops it all.",
+          "arq workers in their own processes (--workers N, default one per core; restarted if one dies) and, "
+          "unless EMAIL_ENGINE_PMTA_HOST is set, a local SMTP server standing in for PowerMTA that keeps every "
+          "message under the state directory. Ctrl-C stops it all.",
     "serve": "Run the HTTP API only (the stores must be reachable; migrations are applied first).",
     "worker": "Run an arq worker only: background jobs (validation, imports, sending) and the daily warmup cron.",
     "migrate": "Apply pending schema migrations and exit. Safe to run from several processes at once.",
@@ -123,22 +127,60 @@ async def _until_signal() -> None:
     await stop.wait()
 
 
-async def _run(rt: Runtime, *, api: bool, worker: bool, standin: bool) -> None:
-    from api.app import create_app
+def _free_standin_port() -> int:
+    if _port_free("127.0.0.1", STANDIN_PORT):
+        return STANDIN_PORT
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _StandInAt(msgspec.Struct, frozen=True):
+    """Where the stand-in that runs as `up`'s child listens and keeps mail."""
+
+    port: int
+    directory: Path
+
+
+def _children(settings: Settings, *, workers: int, standin: bool) -> tuple[list[ChildSpec], _StandInAt | None]:
+    """`up`'s child processes: N workers (and the stand-in), sharing the stores this process resolved."""
+    env = {**os.environ, "EMAIL_ENGINE_DATABASE_URL": settings.database_url,
+           "EMAIL_ENGINE_REDIS_URL": settings.redis_url, "EMAIL_ENGINE_HOME": str(settings.home.resolve())}
+    specs: list[ChildSpec] = []
+    stand = None
+    if standin:
+        stand = _StandInAt(_free_standin_port(), (settings.home / "outbox").resolve())
+        specs.append(ChildSpec(name="pmta-standin", env=env, argv=(
+            sys.executable, "-m", "pmta.standin", str(stand.directory), "--port", str(stand.port))))
+        env = {**env, "EMAIL_ENGINE_PMTA_HOST": "127.0.0.1", "EMAIL_ENGINE_PMTA_PORT": str(stand.port)}
+    specs += [ChildSpec(name=f"worker-{i}", env=env, argv=(sys.executable, "-m", "api.cli", "worker"))
+              for i in range(1, workers + 1)]
+    return specs, stand
+
+
+async def _run(rt: Runtime, *, api: bool, worker: bool, standin: bool, children: Sequence[ChildSpec] = (),
+               stand: _StandInAt | None = None) -> None:
+    from pmta.standin import StandIn, start_standin
     from workers.main import create_worker
 
     settings = rt.settings
     tasks: list[asyncio.Task] = []
-    stand = None
+    supervisor = Supervisor(children) if children else None
+    if stand is not None:
+        settings = msgspec.structs.replace(settings, pmta_host="127.0.0.1", pmta_port=stand.port)
     if standin:
-        from pmta.standin import start_standin
-
         port = STANDIN_PORT if _port_free("127.0.0.1", STANDIN_PORT) else 0
         stand = await start_standin(settings.home / "outbox", host="127.0.0.1", port=port)
         settings = msgspec.structs.replace(settings, pmta_host="127.0.0.1", pmta_port=stand.port)
-    server = _Server(create_app(settings, admin_key=rt.admin_key, secret_key=rt.secret_key), settings) if api else None
+    server = None
+    if api:  # imported only here: a worker process has no use for the web framework's memory
+        from api.app import create_app
+
+        server = _Server(create_app(settings, admin_key=rt.admin_key, secret_key=rt.secret_key), settings)
     arq_worker = create_worker(settings, secret_key=rt.secret_key, handle_signals=False) if worker else None
     try:
+        if supervisor:
+            await supervisor.start()
         if server:
             tasks.append(asyncio.create_task(server.run(), name="api"))
         if arq_worker:
@@ -156,10 +198,12 @@ async def _run(rt: Runtime, *, api: bool, worker: bool, standin: bool) -> None:
             server.stop()
         if arq_worker:
             await arq_worker.close()
+        if supervisor:
+            await supervisor.stop()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 10)
-        if stand:
+        if isinstance(stand, StandIn):
             await stand.stop()
 
 
@@ -200,12 +244,18 @@ def _event_loop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def cmd_up(settings: Settings) -> None:
+def cmd_up(settings: Settings, workers: int | None = None) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
+    workers = (os.cpu_count() or 1) if workers is None else workers
     with stores(settings) as resolved:
         rt = runtime(resolved)
         asyncio.run(migrate_and_seed(resolved, seed_if_empty=True))
-        asyncio.run(_run(rt, api=True, worker=True, standin=resolved.pmta_host is None))
+        standin = resolved.pmta_host is None
+        if workers == 0:  # everything in this one process, for a machine short of memory
+            asyncio.run(_run(rt, api=True, worker=True, standin=standin))
+            return
+        children, stand = _children(resolved, workers=workers, standin=standin)
+        asyncio.run(_run(rt, api=True, worker=False, standin=False, children=children, stand=stand))
 
 
 def cmd_serve(settings: Settings) -> None:
@@ -252,8 +302,17 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in HELP.items():
         sub.add_parser(name, help=text.split(". ")[0] + ".", description=text)
+    sub.choices["up"].add_argument(
+        "--workers", type=_worker_count, default=None, metavar="N",
+        help="worker processes (default: one per core; 0 runs the worker inside the API's process)")
     ops_cli.add_commands(sub)
     return p
+
+
+def _worker_count(text: str) -> int:
+    if not text.isdigit() or int(text) > 256:
+        raise argparse.ArgumentTypeError("expected a whole number from 0 to 256")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ops_cli.COMMANDS:
         return ops_cli.run(args, settings)
     try:
-        COMMANDS[args.command](settings)
+        if args.command == "up":
+            cmd_up(settings, args.workers)
+        else:
+            COMMANDS[args.command](settings)
     except embedded.EmbeddedError as exc:
         print(f"email-engine: {exc}", file=sys.stderr)
         return 1

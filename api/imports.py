@@ -13,7 +13,8 @@ from litestar.params import QueryParameter
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.deps import Caller, Config, Db, RedisClient, id_param
-from engine import imports
+from engine import csv_files, imports
+from engine.csv_files import CsvFormat
 from engine.errors import Invalid
 from engine.imports import ImportDefaults, ImportView
 
@@ -85,9 +86,12 @@ class _Multipart:
             self.fields[self._name] = self._buf.decode("utf-8", "replace")
 
 
-def _options(query: dict[str, Any], form: dict[str, str]) -> tuple[int | None, dict[str, str], ImportDefaults]:
+def _options(query: dict[str, Any], form: dict[str, str]) -> tuple[int | None, dict[str, str], ImportDefaults,
+                                                                  str | None, str | None]:
     """Import options from the query string, overridden by multipart form fields."""
     values = {**{k: v for k, v in query.items() if v is not None}, **form}
+    encoding = csv_files.check_encoding(values["encoding"]) if values.get("encoding") else None
+    delimiter = csv_files.check_delimiter(values["delimiter"]) if values.get("delimiter") else None
     try:
         tenant_id = int(values["tenant_id"]) if values.get("tenant_id") else None
     except ValueError as exc:
@@ -100,7 +104,7 @@ def _options(query: dict[str, Any], form: dict[str, str]) -> tuple[int | None, d
     raw: dict[str, Any] = {k: values[k] for k in ("data_source_id", "language", "category") if values.get(k)}
     raw["tags"] = [t.strip() for t in str(values.get("tags") or "").split(",") if t.strip()]
     # strict=False: form fields are text, "3" must become 3; a bad value names its field in the 400
-    return tenant_id, mapping, msgspec.convert(raw, ImportDefaults, strict=False)
+    return tenant_id, mapping, msgspec.convert(raw, ImportDefaults, strict=False), encoding, delimiter
 
 
 @post("/contacts/import", operation_id="importContacts", summary="Import contacts from a CSV file",
@@ -109,8 +113,13 @@ def _options(query: dict[str, Any], form: dict[str, str]) -> tuple[int | None, d
                   "(options in the query). Options: `tenant_id` (the admin must give it), `mapping` (JSON "
                   "object: contact field or custom.<name> -> column header; default: columns named like the "
                   "fields, the others become custom fields), defaults `tags` (comma-separated), `language`, "
-                  "`category`, `data_source_id`. UTF-8 with or without BOM, `,` or `;`, quoted fields may hold "
-                  "newlines. The import runs in the background: follow it at GET /api/v2/imports/{id}.")
+                  "`category`, `data_source_id`, `encoding` and `delimiter`. Without a mapping, header names are "
+                  "recognised in the usual spellings of several languages (`email`, `E-mail`, `courriel`, "
+                  "`correo`; `first name`, `prénom`, `nombre`, `Vorname`...). The encoding is detected unless "
+                  "given: UTF-8 with or without BOM, UTF-16/32 with BOM, otherwise Windows-1252 (Latin-1). The "
+                  "separator (`,` `;` tab `|`) is detected unless given. Quoted fields may hold newlines. The "
+                  "answer shows the encoding and separator used. The import runs in the background: follow it "
+                  "at GET /api/v2/imports/{id}.")
 async def import_contacts(
     request: Request, state: State, caller: Caller, redis: RedisClient, settings: Config,
     tenant_id: Annotated[int | None, QueryParameter(gt=0)] = None,
@@ -119,9 +128,14 @@ async def import_contacts(
     language: Annotated[str | None, QueryParameter()] = None,
     category: Annotated[str | None, QueryParameter()] = None,
     data_source_id: Annotated[int | None, QueryParameter(gt=0)] = None,
+    encoding: Annotated[str | None, QueryParameter(
+        description="the file's encoding (utf-8, utf-16, windows-1252, latin-1...); default: detected",
+        max_length=40)] = None,
+    delimiter: Annotated[str | None, QueryParameter(
+        description="the separator: `,` `;` `|` or `tab`; default: detected", max_length=10)] = None,
 ) -> imports.Import:
     query = {"tenant_id": tenant_id, "mapping": mapping, "tags": tags, "language": language, "category": category,
-             "data_source_id": data_source_id}
+             "data_source_id": data_source_id, "encoding": encoding, "delimiter": delimiter}
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     path = imports.imports_dir(settings.home) / f"{secrets.token_hex(12)}.csv"
     sink = _Sink(path)
@@ -141,12 +155,14 @@ async def import_contacts(
         sink.close()
         if sink.size == 0:
             raise Invalid("file: the upload is empty", field="file")
-        chosen, columns, defaults = _options(query, form)
+        chosen, columns, defaults, given_encoding, given_delimiter = _options(query, form)
         if chosen is None and caller.admin:
             raise Invalid("tenant_id: the admin key must say which tenant the import is for", field="tenant_id")
         chosen = caller.scope(chosen if chosen is not None else caller.tenant_id)
+        # detected now, from the file's first bytes, so the answer says how the file will be read
+        fmt: CsvFormat = csv_files.sniff(path, encoding=given_encoding, delimiter=given_delimiter)
         async with state.pool.acquire() as db, db.transaction():
-            created = await imports.create_import(db, chosen, path, sink.size, columns, defaults)
+            created = await imports.create_import(db, chosen, path, sink.size, columns, defaults, fmt)
     except BaseException:
         sink.close()
         path.unlink(missing_ok=True)

@@ -98,7 +98,11 @@ async def stale_pending(db: asyncpg.Connection, *, limit: int = SWEEP_LIMIT) -> 
 
 async def validate_contacts(db: asyncpg.Connection, tenant_id: int, contact_ids: list[int], *,
                             resolver: MxResolver, secret_key: str) -> ValidationRun:
-    """Validate the still-pending contacts among `contact_ids` and write the verdicts back in one statement."""
+    """Validate the still-pending contacts among `contact_ids` and write the verdicts back in one statement.
+
+    Call inside a transaction (the planner setting below lasts until its end).
+    """
+    await db.execute(q("plan-per-batch"))
     policy = await load_policy(db, tenant_id, secret_key)
     rows = await db.fetch(q("contacts-to-validate"), tenant_id, contact_ids) if policy else []
     if not rows:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import re
 import unicodedata
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -128,8 +130,10 @@ class ContactFilter(msgspec.Struct, frozen=True, kw_only=True):
     search: str | None = None
 
 
+@functools.lru_cache(maxsize=4096)
 def slugify(raw: str) -> str | None:
     """A tag as a slug: ASCII lower case, words joined by hyphens; None when nothing is left."""
+    # cached: an import's rows carry the same few tags, a hundred thousand times over
     ascii_text = unicodedata.normalize("NFKD", raw).encode("ascii", "ignore").decode().lower()
     slug = _SLUG_JUNK.sub("-", ascii_text).strip("-")
     return slug[:64].rstrip("-") or None
@@ -147,6 +151,15 @@ def _blank(value: str | None) -> str | None:
     return value or None
 
 
+class PreparedBatch(msgspec.Struct, kw_only=True):
+    """A batch checked and deduplicated in Python, ready for the upsert (no database needed to make one)."""
+
+    size: int
+    rejected: dict[int, str]
+    merged: list[list]  # one row per distinct (tenant, address), in upsert-contacts' column order + tag set
+    members: dict[tuple[int, bytes], list[int]]  # positions in the batch of each merged row
+
+
 async def ingest(db: asyncpg.Connection, contacts: list[ContactIn], *, tenant_id: int | None) -> IngestReport:
     """Upsert a batch (call inside a transaction); tenant_id None = the admin, who may name any tenant."""
     tenant_ids = {c.tenant_id for c in contacts}
@@ -157,7 +170,14 @@ async def ingest(db: asyncpg.Connection, contacts: list[ContactIn], *, tenant_id
     source_ids = {c.data_source_id for c in contacts if c.data_source_id is not None}
     owners = {r["id"]: r["tenant_id"] for r in await db.fetch(q("contacts-source-owners"), list(source_ids))} \
         if source_ids else {}
+    return await write_batch(db, prepare_batch(contacts, known=known, owners=owners))
 
+
+def prepare_batch(contacts: list[ContactIn], *, known: set[int], owners: dict[int, int]) -> PreparedBatch:
+    """Check and merge a batch: `known` are the tenants it may write to, `owners` each data source's tenant.
+
+    Pure Python, so a caller streaming a file can prepare the next batch while the database writes this one.
+    """
     rejected: dict[int, str] = {}
     rows: dict[tuple[int, bytes], list] = {}  # (tenant, hash) -> merged row; duplicates merge into one
     members: dict[tuple[int, bytes], list[int]] = {}
@@ -191,8 +211,17 @@ async def ingest(db: asyncpg.Connection, contacts: list[ContactIn], *, tenant_id
             row[11] = {**(row[11] or {}), **(new[11] or {})} or None
             row[12] |= new[12]
             members[key].append(index)
+    return PreparedBatch(size=len(contacts), rejected=rejected, merged=list(rows.values()), members=members)
 
-    merged = list(rows.values())
+
+async def write_batch(db: asyncpg.Connection, batch: PreparedBatch, *,
+                      locked: Callable[[], None] | None = None) -> IngestReport:
+    """The upsert of a prepared batch, its tags and the outcome of each of its contacts (inside a transaction).
+
+    `locked` is called once the batch holds every row lock another batch could need (its contacts and new
+    tags): a batch started after that waits for this one's commit where they overlap, never the other way.
+    """
+    merged, members = batch.merged, batch.members
     columns = list(zip(*merged, strict=True)) if merged else [()] * 13
     customs = [None if c is None else msgspec.json.encode(c).decode() for c in columns[11]]
     found = await db.fetch(q("upsert-contacts"), *columns[:11], customs) if merged else []
@@ -202,10 +231,10 @@ async def ingest(db: asyncpg.Connection, contacts: list[ContactIn], *, tenant_id
     for record in found:
         outcomes.append(record["outcome"])
         ids.append(record["id"])
-    await _tag(db, merged, ids, outcomes)
+    await _tag(db, merged, ids, outcomes, locked or _nothing)
 
-    results: list[Outcome | None] = [None] * len(contacts)
-    for index, reason in rejected.items():
+    results: list[Outcome | None] = [None] * batch.size
+    for index, reason in batch.rejected.items():
         results[index] = Outcome(index=index, outcome="rejected", reason=reason)
     to_validate: dict[int, list[int]] = {}
     for row, contact_id, outcome in zip(merged, ids, outcomes, strict=True):
@@ -226,7 +255,12 @@ async def ingest(db: asyncpg.Connection, contacts: list[ContactIn], *, tenant_id
     return IngestReport(**counts, results=results, to_validate=to_validate)
 
 
-async def _tag(db: asyncpg.Connection, merged: list[list], ids: list[int], outcomes: list[str]) -> None:
+def _nothing() -> None:
+    return None
+
+
+async def _tag(db: asyncpg.Connection, merged: list[list], ids: list[int], outcomes: list[str],
+               locked: Callable[[], None]) -> None:
     """Create missing tags and link them; an unchanged contact that gains a tag becomes updated."""
     contact_ids, tenants, slugs = [], [], []
     for row, contact_id, outcome in zip(merged, ids, outcomes, strict=True):
@@ -237,8 +271,10 @@ async def _tag(db: asyncpg.Connection, merged: list[list], ids: list[int], outco
             tenants.append(row[0])
             slugs.append(slug)
     if not slugs:
+        locked()
         return
     await db.execute(q("ensure-tags"), tenants, slugs)
+    locked()
     gained = {r["contact_id"] for r in await db.fetch(q("link-contact-tags"), contact_ids, tenants, slugs)}
     newly: dict[int, list[int]] = {}
     for i, (row, contact_id) in enumerate(zip(merged, ids, strict=True)):

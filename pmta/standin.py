@@ -100,3 +100,32 @@ async def start_standin(directory: Path, host: str = "127.0.0.1", port: int = 25
     port = server.sockets[0].getsockname()[1]
     log.info("PowerMTA stand-in listening on %s:%d, keeping mail in %s", host, port, directory)
     return StandIn(server, directory, host, port)
+
+
+async def _serve_until_stopped(directory: Path, host: str, port: int) -> None:
+    import signal
+
+    stand = await start_standin(directory, host=host, port=port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await stand.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pmta.standin DIR [--host H] [--port P]`: the stand-in as its own process (`up` runs it so)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m pmta.standin", description=main.__doc__)
+    p.add_argument("directory", type=Path)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=2525)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(_serve_until_stopped(args.directory, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import msgspec
@@ -97,7 +98,8 @@ async def test_dns_outage_stays_pending_and_is_retried_later(database_url, seede
     pool = await dbm.create_pool(database_url, min_size=1, max_size=2)
     arq = ArqRedis(ConnectionPool.from_url(settings.redis_url), default_queue_name=settings.queue_name)
     resolver = make_resolver([dns.address], timeout=0.2, tries=1)
-    ctx = {"pool": pool, "redis": arq, "settings": settings, "secret_key": SECRET_KEY, "mx_resolver": resolver}
+    ctx = {"pool": pool, "redis": arq, "settings": settings, "secret_key": SECRET_KEY, "mx_resolver": resolver,
+           "validation_slots": asyncio.Semaphore(contact_jobs.VALIDATIONS_AT_ONCE)}
     try:
         result = await contact_jobs.validate_contacts(ctx, 1, ids)
         assert result["retry"] == 1 and result["valid"] == 1 and result["retry_in"] == 60

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import codecs
 import json
 import os
 
@@ -151,7 +153,7 @@ async def test_a_store_fault_mid_import_is_retried_and_resumes(client, sos, sett
     r = await client.post("/api/v2/contacts/import", content=text.encode(), headers={**sos, "content-type": "text/csv"})
     import_id = r.json()["id"]
     monkeypatch.setattr(imports, "BATCH", 4)
-    real, calls = imports.contacts.ingest, 0
+    real, calls = imports.contacts.write_batch, 0
 
     async def restarting(*args, **kwargs):   # PostgreSQL restarts while the second batch is written
         nonlocal calls
@@ -160,7 +162,7 @@ async def test_a_store_fault_mid_import_is_retried_and_resumes(client, sos, sett
             raise asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command")
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(imports.contacts, "ingest", restarting)
+    monkeypatch.setattr(imports.contacts, "write_batch", restarting)
     pool = await dbm.create_pool(database_url, min_size=1, max_size=2)
     arq = ArqRedis(ConnectionPool.from_url(settings.redis_url), default_queue_name=settings.queue_name)
     ctx = {"pool": pool, "redis": arq, "settings": settings, "job_try": 1}
@@ -188,3 +190,108 @@ async def test_an_unreadable_upload_fails_the_import_with_a_reason(client, sos, 
     await run_worker(settings)
     p = (await progress(client, sos, import_id))["progress"]
     assert p["status"] == "failed" and p["error"].startswith("upload unreadable")
+
+
+async def test_utf16_tabs_and_french_headers_are_detected_and_shown(client, sos, settings, db) -> None:
+    text = "Courriel\tPrénom\tSociété\tÉtiquettes\r\nzoé@example.fr\tZoé\tCafé Zoé\tsalon, vip\r\n"
+    r = await client.post("/api/v2/contacts/import", content=codecs.BOM_UTF16_LE + text.encode("utf-16-le"),
+                          headers={**sos, "content-type": "text/csv"})
+    assert r.status_code == 202, r.text
+    assert (r.json()["encoding"], r.json()["delimiter"]) == ("utf-16", "\t")
+    await run_worker(settings)
+    p = (await progress(client, sos, r.json()["id"]))["progress"]
+    assert (p["status"], p["created"], p["rejected"]) == ("done", 1, 0), p
+    row = await db.fetchrow("SELECT id, first_name, company FROM contacts WHERE email = 'zoé@example.fr'")
+    assert (row["first_name"], row["company"]) == ("Zoé", "Café Zoé")
+    assert await db.fetchval("SELECT array_agg(t.slug ORDER BY t.slug) FROM contact_tags ct JOIN tags t "
+                             "ON t.id = ct.tag_id WHERE ct.contact_id = $1", row["id"]) == ["salon", "vip"]
+
+
+async def test_windows_1252_pipes_given_as_parameters_and_a_multipart_mapping(client, sos, settings, db) -> None:
+    text = "Correo|Nombre|Empresa\r\nines@example.es|Inés|Peña “Hermanos”\r\n"
+    r = await client.post("/api/v2/contacts/import", params={"encoding": "windows-1252", "delimiter": "|"},
+                          content=text.encode("cp1252"), headers={**sos, "content-type": "text/csv"})
+    assert r.status_code == 202, r.text
+    assert (r.json()["encoding"], r.json()["delimiter"]) == ("cp1252", "|")
+    # multipart: the options as form fields, a mapping naming columns the spellings would not guess
+    files = {"file": ("x.csv", "Adresse;Qui\na@example.be;Anaïs\n".encode("latin-1"), "text/csv")}
+    data = {"encoding": "latin-1", "mapping": json.dumps({"email": "Adresse", "first_name": "Qui"})}
+    r2 = await client.post("/api/v2/contacts/import", files=files, data=data, headers=sos)
+    assert r2.status_code == 202, r2.text
+    assert (r2.json()["encoding"], r2.json()["delimiter"]) == ("iso8859-1", ";")
+    await run_worker(settings)
+    assert await db.fetchval("SELECT company FROM contacts WHERE email = 'ines@example.es'") == "Peña “Hermanos”"
+    assert await db.fetchval("SELECT first_name FROM contacts WHERE email = 'a@example.be'") == "Anaïs"
+
+
+async def test_bad_encoding_or_delimiter_is_a_400_naming_it(client, sos, settings) -> None:
+    csv_headers = {**sos, "content-type": "text/csv"}
+    r = await client.post("/api/v2/contacts/import", params={"encoding": "ebcdic-klingon"}, content=b"email\na@b.fr\n",
+                          headers=csv_headers)
+    assert r.status_code == 400 and r.json()["field"] == "encoding"
+    r = await client.post("/api/v2/contacts/import", params={"delimiter": "#"}, content=b"email\na@b.fr\n",
+                          headers=csv_headers)
+    assert r.status_code == 400 and r.json()["field"] == "delimiter"
+    assert not list((settings.home / "imports").iterdir())
+
+
+async def test_a_batch_larger_than_the_file_and_resume_after_the_last_committed_batch(client, sos, settings, db,
+                                                                                      database_url,
+                                                                                      monkeypatch) -> None:
+    # a worker killed after two committed batches: the next run reads on from the third, nothing twice
+    text = "email;first_name\n" + "".join(f"r{i}@example.fr;R{i}\n" for i in range(25))
+    r = await client.post("/api/v2/contacts/import", content=text.encode(), headers={**sos, "content-type": "text/csv"})
+    import_id = r.json()["id"]
+    monkeypatch.setattr(imports, "BATCH", 10)
+    real, calls = imports.contacts.write_batch, 0
+
+    async def killed(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(imports.contacts, "write_batch", killed)
+    pool = await dbm.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
+            await imports.run_import(pool, import_id, on_batch=_no_validation)
+        p = (await progress(client, sos, import_id))["progress"]
+        assert (p["status"], p["rows_read"], p["created"]) == ("running", 20, 20)
+        await imports.run_import(pool, import_id, on_batch=_no_validation)
+    finally:
+        await pool.close()
+    p = (await progress(client, sos, import_id))["progress"]
+    assert (p["status"], p["rows_read"], p["created"], p["updated"], p["unchanged"]) == ("done", 25, 25, 0, 0)
+    assert await db.fetchval("SELECT count(*) FROM contact_events WHERE kind = 'created'") == 25
+
+
+async def _no_validation(tenant_id: int, ids: list[int]) -> None:
+    return None
+
+
+async def test_the_same_address_and_new_tags_in_batches_written_side_by_side(client, sos, settings, db,
+                                                                           database_url, monkeypatch) -> None:
+    # batches of 3 go through the database two at a time: an address in two neighbouring batches, and a tag
+    # first seen in both, must neither deadlock nor be counted twice
+    lines = ["a@example.fr;Ann;t1", "b@example.fr;Bob;t1", "c@example.fr;Cy;t2",
+             "a@example.fr;Anna;t3", "d@example.fr;Di;t3", "c@example.fr;Cy;t2",
+             "e@example.fr;Ed;t4", "a@example.fr;Anna;t4", "f@example.fr;Fa;t3"]
+    text = "email;first_name;tags\n" + "\n".join(lines) + "\n"
+    r = await client.post("/api/v2/contacts/import", content=text.encode(), headers={**sos, "content-type": "text/csv"})
+    monkeypatch.setattr(imports, "BATCH", 3)
+    pool = await dbm.create_pool(database_url, min_size=1, max_size=4)
+    try:
+        await asyncio.wait_for(imports.run_import(pool, r.json()["id"], on_batch=_no_validation), 60)
+    finally:
+        await pool.close()
+    p = (await progress(client, sos, r.json()["id"]))["progress"]
+    # a: created, then updated (new name, new tag), then updated (new tag); c: created, then unchanged
+    assert (p["status"], p["rows_read"], p["created"], p["updated"], p["unchanged"], p["rejected"]) == \
+        ("done", 9, 6, 2, 1, 0)
+    row = await db.fetchrow("SELECT id, first_name FROM contacts WHERE email = 'a@example.fr'")
+    assert row["first_name"] == "Anna"
+    assert await db.fetchval("SELECT array_agg(t.slug ORDER BY t.slug) FROM contact_tags ct JOIN tags t "
+                             "ON t.id = ct.tag_id WHERE ct.contact_id = $1", row["id"]) == ["t1", "t3", "t4"]
+    assert await db.fetchval("SELECT count(*) FROM tags WHERE slug IN ('t1', 't2', 't3', 't4')") == 4

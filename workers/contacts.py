@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from arq import Retry, cron
@@ -15,6 +16,10 @@ log = logging.getLogger(__name__)
 VALIDATE_JOB = "validate_contacts"
 IMPORT_JOB = "import_contacts"
 SWEEP_BATCH = 1000
+# Validation batches one worker process writes at once. Each is one set-based transaction that keeps a
+# database core busy; an import of a million rows queues two hundred of them, and running sixteen side by
+# side (arq's job slots) only made them fight over two cores and hold sixteen batches in memory.
+VALIDATIONS_AT_ONCE = 2
 
 
 def store_fault_retry(ctx: dict, exc: BaseException) -> Retry:
@@ -29,6 +34,7 @@ def store_fault_retry(ctx: dict, exc: BaseException) -> Retry:
 async def on_startup(ctx: dict) -> None:
     # One resolver per worker: its per-domain cache then serves every batch, not just one.
     ctx["mx_resolver"] = make_resolver(ctx["settings"].dns_servers)
+    ctx["validation_slots"] = asyncio.Semaphore(VALIDATIONS_AT_ONCE)
 
 
 async def on_shutdown(ctx: dict) -> None:
@@ -40,7 +46,7 @@ async def on_shutdown(ctx: dict) -> None:
 async def validate_contacts(ctx: dict, tenant_id: int, contact_ids: list[int]) -> dict:
     """Validate one ingested batch; contacts DNS could not judge come back later in a deferred job."""
     try:
-        async with ctx["pool"].acquire() as db, db.transaction():
+        async with ctx["validation_slots"], ctx["pool"].acquire() as db, db.transaction():
             run = await contact_validation.validate_contacts(db, tenant_id, contact_ids,
                                                              resolver=ctx["mx_resolver"], secret_key=ctx["secret_key"])
     except STORE_FAULTS as exc:

@@ -1,3 +1,10 @@
+-- name: plan-per-batch
+-- Plan each batch's statements for its own id list (for the rest of the transaction). After five runs of a
+-- prepared statement PostgreSQL may switch to a generic plan, which cannot see that `id = ANY($2)` names a
+-- few thousand rows: it then scans every pending contact of the tenant per batch, so a backlog of 40,000
+-- pending contacts took 8 s per batch of 2,000 instead of 0.09 s. Planning costs well under a millisecond.
+SET LOCAL plan_cache_mode = force_custom_plan;
+
 -- name: validation-policy
 -- The tenant's transport (MailWizz tenants get an outbox row per valid contact) and its policy knobs.
 SELECT transport::text AS transport, settings FROM tenants WHERE id = $1;

@@ -1,13 +1,15 @@
 -- name: create-import
 -- returns: Import
-INSERT INTO imports (tenant_id, file_path, file_bytes, mapping, defaults)
-VALUES ($1, $2, $3, $4, $5)
-RETURNING id, tenant_id, status::text AS status, file_bytes, mapping, defaults, rows_read, created, updated,
+INSERT INTO imports (tenant_id, file_path, file_bytes, mapping, defaults, encoding, delimiter)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING id, tenant_id, status::text AS status, file_bytes, mapping, defaults, encoding, delimiter,
+          rows_read, created, updated,
           unchanged, rejected, error, created_at, started_at, finished_at;
 
 -- name: get-import
 -- returns: Import
-SELECT id, tenant_id, status::text AS status, file_bytes, mapping, defaults, rows_read, created, updated,
+SELECT id, tenant_id, status::text AS status, file_bytes, mapping, defaults, encoding, delimiter,
+       rows_read, created, updated,
        unchanged, rejected, error, created_at, started_at, finished_at
 FROM imports WHERE id = $1 AND ($2::bigint IS NULL OR tenant_id = $2::bigint);
 
@@ -15,7 +17,7 @@ FROM imports WHERE id = $1 AND ($2::bigint IS NULL OR tenant_id = $2::bigint);
 -- Claims the import for a run; a re-run after a crash resumes after `rows_read` rows.
 UPDATE imports SET status = 'running', started_at = coalesce(started_at, now())
 WHERE id = $1 AND status IN ('queued', 'running')
-RETURNING tenant_id, file_path, mapping, defaults, rows_read;
+RETURNING tenant_id, file_path, mapping, defaults, encoding, delimiter, rows_read;
 
 -- name: advance-import
 -- The counters move in the same transaction as the batch they count, so a resumed run neither skips nor
