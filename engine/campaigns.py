@@ -107,6 +107,7 @@ class Campaign(msgspec.Struct, frozen=True, kw_only=True):
     recovered_in_flight: int      # rows that may have reached their contact twice (a crash, a cut connection)
     stale_results: int            # results dropped because their rows had been taken back from the worker
     pause_reason: str | None      # why the engine paused the campaign itself (None: running, or an operator)
+    wait_reason: str | None       # what a sending campaign waits for now (window, daily cap, a held domain)
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     created_at: dt.datetime
@@ -315,3 +316,7 @@ async def list_sends(db: asyncpg.Connection, campaign: Campaign, *, after: int, 
 async def complete_if_done(db: asyncpg.Connection | asyncpg.Pool, campaign_id: int) -> bool:
     """Mark a sending campaign completed once its whole audience is written and every row is final."""
     return await db.fetchval(q("complete-campaign"), campaign_id) is not None
+
+
+async def set_wait_reason(db: asyncpg.Connection | asyncpg.Pool, campaign_id: int, reason: str | None) -> None:
+    await db.execute(q("set-campaign-wait-reason"), campaign_id, reason)

@@ -334,3 +334,29 @@ async def test_every_attempt_keeps_its_token_counted_for_its_day(client, admin, 
     assert await db.fetchval("SELECT sum(granted) FROM quota_grants WHERE scope = 'ip'") == 50
     stamps = await db.fetch("SELECT ip_id, ip_assigned_at FROM sends WHERE campaign_id = $1", campaign_id)
     assert all(s["ip_id"] is not None and s["ip_assigned_at"] is not None for s in stamps)
+
+
+async def test_a_from_domain_with_a_wrong_dkim_record_holds_the_campaign(client, admin, seeded, db,
+                                                                         settings) -> None:
+    emails = await add_contacts(client, admin, 30)
+    await mark_valid(db)
+    await use_ips(db, 1, [1])
+    await db.execute("UPDATE domains SET dkim_status = 'wrong', dns_report = $2 WHERE tenant_id = 1 AND name = $1",
+                     "sos-expat-mail-01.example", {"dkim": {"detail": "the record holds another key"}})
+    async with SmtpTestServer() as server:
+        async with running_worker(at(settings, server), retry_delay=quick_retry, dispatch_tuning=FAST):
+            campaign_id = await create_and_start(client, admin)
+            deadline = time.monotonic() + 20
+            while not await db.fetchval("SELECT wait_reason FROM campaigns WHERE id = $1", campaign_id):
+                assert time.monotonic() < deadline, "the campaign never said what it waits for"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)
+            assert not server.messages
+            reason = await db.fetchval("SELECT wait_reason FROM campaigns WHERE id = $1", campaign_id)
+            assert reason == "DKIM of sos-expat-mail-01.example is wrong: the record holds another key"
+            r = await client.get(f"/api/v2/campaigns/1/{campaign_id}", headers=admin)
+            assert r.json()["wait_reason"] == reason and r.json()["status"] == "sending"
+            await db.execute("UPDATE domains SET dkim_status = 'ok' WHERE tenant_id = 1")
+            await wait_for_status(db, campaign_id, "completed", within=30)
+    assert set(received(server)) == set(emails)
+    assert await db.fetchval("SELECT wait_reason FROM campaigns WHERE id = $1", campaign_id) is None

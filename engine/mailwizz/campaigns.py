@@ -206,6 +206,10 @@ async def _send(pool: asyncpg.Pool, client: MailWizzClient, camp: Campaign, expe
     tenant = TenantPolicy.from_settings(state["settings"])
     now = _now()
     inside = policy.window_wait(camp.send_window, now) == 0
+    hold = await policy.sender_hold(pool, camp.tenant_id, camp.from_email) if inside else None
+    # A held From domain stops the campaign as a closed window does: nothing handed over, waves paused.
+    await campaigns.set_wait_reason(pool, camp.id, hold or (None if inside else "outside the sending window"))
+    inside = inside and hold is None
     for wave in await _waves(pool, camp.id, (WaveStatus.CREATING,)):
         # We hold the campaign lock, so the pass that wrote 'creating' died mid-POST: MailWizz may have it.
         await _give_up(pool, camp, wave, WaveStatus.IN_DOUBT, "interrupted while MailWizz was creating the "
@@ -221,7 +225,7 @@ async def _send(pool: asyncpg.Pool, client: MailWizzClient, camp: Campaign, expe
         if await campaigns.complete_if_done(pool, camp.id):
             log.info("campaign %s completed (MailWizz)", camp.id)
             return "completed"
-    return "sending" if inside else "outside the sending window"
+    return "sending" if inside else (hold or "outside the sending window")
 
 
 async def _fill_audience(pool: asyncpg.Pool, camp: Campaign) -> None:

@@ -165,12 +165,21 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
             await fill_audience(ctx, camp)
         wait = policy.window_wait(camp.send_window, now)
         if wait > 0:
+            await campaigns.set_wait_reason(ctx.pool, campaign_id, "outside the sending window")
             await _sleep(stop, min(wait, ctx.tuning.max_wait))
+            continue
+        hold = await policy.sender_hold(ctx.pool, camp.tenant_id, camp.from_email)
+        if hold is not None:
+            await campaigns.set_wait_reason(ctx.pool, campaign_id, hold)
+            await _sleep(stop, ctx.tuning.max_wait)
             continue
         room, day_left = await _daily_room(ctx.pool, camp, tz, now)
         if room <= 0:
+            await campaigns.set_wait_reason(ctx.pool, campaign_id, "daily cap reached")
             await _sleep(stop, min(day_left, ctx.tuning.max_wait))
             continue
+        if camp.wait_reason is not None:
+            await campaigns.set_wait_reason(ctx.pool, campaign_id, None)
         # A fresh book per batch: a template edited mid-campaign is used from the next batch on.
         book = await load_template_book(ctx.pool, camp.tenant_id)
         rows = await sends.claim(ctx.pool, campaign_id, ctx.worker_id, int(min(ctx.tuning.batch, room)))

@@ -216,3 +216,13 @@ def classify(code: int = 0, enhanced: str = "", text: str = "", category: str = 
 def categories_of(bounce_class: BounceClass) -> list[str]:
     """The PowerMTA categories of one class (the soft-bounce counter reads the send log by these)."""
     return sorted(name for name, cls in _table()[0].categories.items() if cls is bounce_class)
+
+
+# --- campaign-level checks --------------------------------------------------------------------------------
+
+async def sender_hold(db: Any, tenant_id: int, from_email: str) -> str | None:
+    """Why the campaign's From domain may not send now (a wrong SPF or DKIM record, a domain blocklist
+    listing: engine.dns_checks), or None. Both transports ask before handing anything over."""
+    from engine import dns_checks  # DNS state lives with the checks that write it
+
+    return await dns_checks.sending_hold(db, tenant_id, from_email)

@@ -5,13 +5,13 @@ INSERT INTO campaigns (tenant_id, name, from_name, from_email, reply_to, categor
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::campaign_transport, $10, $11, $12)
 RETURNING id, tenant_id, name, from_name, from_email, reply_to, category, templates, audience,
           transport::text AS transport, send_at, send_window, daily_cap, status::text AS status,
-          audience_ready, recovered_in_flight, stale_results, pause_reason, started_at, finished_at, created_at, updated_at;
+          audience_ready, recovered_in_flight, stale_results, pause_reason, wait_reason, started_at, finished_at, created_at, updated_at;
 
 -- name: get-campaign
 -- returns: Campaign
 SELECT id, tenant_id, name, from_name, from_email, reply_to, category, templates, audience,
        transport::text AS transport, send_at, send_window, daily_cap, status::text AS status,
-       audience_ready, recovered_in_flight, stale_results, pause_reason, started_at, finished_at, created_at, updated_at
+       audience_ready, recovered_in_flight, stale_results, pause_reason, wait_reason, started_at, finished_at, created_at, updated_at
 FROM campaigns
 WHERE tenant_id = $1 AND id = $2;
 
@@ -20,7 +20,7 @@ WHERE tenant_id = $1 AND id = $2;
 -- returns: Campaign
 SELECT id, tenant_id, name, from_name, from_email, reply_to, category, templates, audience,
        transport::text AS transport, send_at, send_window, daily_cap, status::text AS status,
-       audience_ready, recovered_in_flight, stale_results, pause_reason, started_at, finished_at, created_at, updated_at
+       audience_ready, recovered_in_flight, stale_results, pause_reason, wait_reason, started_at, finished_at, created_at, updated_at
 FROM campaigns
 WHERE id = $1;
 
@@ -29,7 +29,7 @@ WHERE id = $1;
 -- returns: Campaign
 SELECT id, tenant_id, name, from_name, from_email, reply_to, category, templates, audience,
        transport::text AS transport, send_at, send_window, daily_cap, status::text AS status,
-       audience_ready, recovered_in_flight, stale_results, pause_reason, started_at, finished_at, created_at, updated_at
+       audience_ready, recovered_in_flight, stale_results, pause_reason, wait_reason, started_at, finished_at, created_at, updated_at
 FROM campaigns
 WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id < $2) AND ($3::text IS NULL OR status = $3::campaign_status)
 ORDER BY id DESC
@@ -44,7 +44,7 @@ UPDATE campaigns SET name = $3, from_name = $4, from_email = $5, reply_to = $6, 
 WHERE tenant_id = $1 AND id = $2 AND status = 'draft'
 RETURNING id, tenant_id, name, from_name, from_email, reply_to, category, templates, audience,
           transport::text AS transport, send_at, send_window, daily_cap, status::text AS status,
-          audience_ready, recovered_in_flight, stale_results, pause_reason, started_at, finished_at, created_at, updated_at;
+          audience_ready, recovered_in_flight, stale_results, pause_reason, wait_reason, started_at, finished_at, created_at, updated_at;
 
 -- name: delete-campaign
 DELETE FROM campaigns WHERE tenant_id = $1 AND id = $2 AND status IN ('draft', 'completed', 'cancelled')
@@ -146,3 +146,7 @@ SELECT id FROM tags WHERE tenant_id = $1 AND slug = ANY($2::text[]);
 -- A cancelled campaign's rows that never left stay in the log as skipped, so its stats add up.
 UPDATE sends SET status = 'skipped', detail = 'campaign cancelled', finished_at = now()
 WHERE campaign_id = $1 AND status IN ('queued', 'deferred');
+
+-- name: set-campaign-wait-reason
+-- What the campaign waits for (NULL: nothing); a write only when it changes, since every batch asks.
+UPDATE campaigns SET wait_reason = $2 WHERE id = $1 AND wait_reason IS DISTINCT FROM $2;
