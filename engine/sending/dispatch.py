@@ -8,7 +8,7 @@ classified by the one bounce table. Each step that stops a row records why; noth
 
 The transport is anything with `send_many` (engine.sending.transport.Transport); the worker passes PowerMTA's
 injector. Rows move queued → claimed → sending → injected/deferred/failed/skipped; 'sending' is written
-just before a chunk reaches the SMTP connections, so after a crash only that chunk is ambiguous. Every write
+while the chunk before is on the wire, so after a crash at most two chunks are ambiguous (and counted). Every write
 is fenced by the claim (engine.sending.sends): a worker whose rows were taken back sends and writes nothing.
 """
 
@@ -299,9 +299,10 @@ class Results(msgspec.Struct, kw_only=True):
 async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, str]]) -> float:
     """Hand the picked rows to the transport one chunk at a time, as a pipeline; return how long to wait.
 
-    The statement that marks a chunk as sending also records the results of the chunk before it, so a
-    crash leaves at most one chunk ambiguous (in flight), and the next chunk's messages are built while
-    the current one is on the wire. Only rows the mark still found held are sent.
+    While a chunk is on the wire, the next one is built and one statement records the results of the chunk
+    before and marks the next as sending: the database works while PowerMTA does. A crash therefore leaves at
+    most two chunks ambiguous ('sending'), and recovery counts them. Only rows the mark still found held are
+    sent.
     """
     campaign = batch.campaign
     step = ctx.tuning.chunk
@@ -310,20 +311,26 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
         return 0.0
     pending: list[sends.Outcome] = []
     chunk = _build_chunk(ctx, campaign, pieces[0])
+    _keep_marked(chunk, await sends.advance(ctx.pool, campaign.id, ctx.worker_id, chunk.refused, chunk.in_flight))
     wait = 0.0
     for i in range(len(pieces)):
-        marked = await sends.advance(ctx.pool, campaign.id, ctx.worker_id, [*pending, *chunk.refused],
-                                     chunk.in_flight)
-        pending = []
-        if len(marked) < len(chunk.in_flight):
-            _keep_marked(chunk, marked)
         sending = asyncio.ensure_future(ctx.transport.send_many(chunk.outgoing))
-        upcoming = None
+        upcoming = marking = None
+        to_record, pending = pending, []
         if i + 1 < len(pieces):
             await asyncio.sleep(0)  # the chunk reaches the connections first
             upcoming = _build_chunk(ctx, campaign, pieces[i + 1])
-        results = _sort_results(ctx, chunk, await sending)
-        pending = results.outcomes
+            marking = asyncio.ensure_future(sends.advance(
+                ctx.pool, campaign.id, ctx.worker_id, [*to_record, *upcoming.refused], upcoming.in_flight))
+            to_record = []
+        try:
+            answers = await sending
+        finally:
+            marked = await marking if marking is not None else None
+        if upcoming is not None and marked is not None:
+            _keep_marked(upcoming, marked)
+        results = _sort_results(ctx, chunk, answers)
+        pending = [*to_record, *results.outcomes]
         if results.in_doubt:
             # retried like any soft failure; counted, since the server may have taken them before the cut
             await ctx.pool.execute(q("count-in-doubt"), campaign.id, results.in_doubt)
@@ -356,6 +363,8 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
 
 def _keep_marked(chunk: Chunk, marked: set[int]) -> None:
     """Drop the messages of rows the mark no longer found ours: another worker holds them now."""
+    if len(marked) == len(chunk.in_flight):
+        return
     keep = [i for i, row in enumerate(chunk.in_flight) if row.id in marked]
     chunk.picked = [chunk.picked[i] for i in keep]
     chunk.outgoing = [chunk.outgoing[i] for i in keep]

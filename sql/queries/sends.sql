@@ -29,10 +29,10 @@ WHERE s.id = u.id AND s.claimed_by = $5 AND s.claim_gen = u.gen AND s.status = '
 RETURNING s.id;
 
 -- name: record-and-mark
--- One statement, one commit: the SMTP results of the chunk just sent ($1..$10; also skipped, held and
--- failed rows) and the 'sending' mark of the chunk about to be handed to SMTP ($11..$16). From the mark on a
--- crash leaves a row ambiguous; recording the previous chunk in the same commit keeps the ambiguous rows
--- to one chunk. Both halves are fenced: only rows this worker ($17) still holds in the generation it
+-- One statement, one commit: the SMTP results of a chunk already answered ($1..$10; also skipped, held and
+-- failed rows) and the 'sending' mark of the next chunk to hand to SMTP ($11..$16), run while the chunk in
+-- between is on the wire. From the mark on a crash leaves a row ambiguous; recording in the same commit keeps
+-- the ambiguous rows to two chunks. Both halves are fenced: only rows this worker ($17) still holds in the generation it
 -- claimed are written, so a worker whose rows were taken back writes nothing; the caller sends only the
 -- rows marked and counts the results dropped. Either half may be empty.
 WITH recorded AS (
