@@ -10,7 +10,7 @@ and filled with exactly those rows' contacts, a campaign on that list → the ro
 MailWizz at the next pass; outside the window nothing is created, and MailWizz campaigns still sending are
 paused until it opens again.
 
-Why a list per wave rather than a segment (/work/shared/reference/mailwizz-api.md §6, §6.1, §6.3): a MailWizz
+Why a list per wave rather than a segment (the MailWizz REST API reference §6, §6.1, §6.3): a MailWizz
 campaign mails the confirmed subscribers of its `list_uid`, narrowed by an optional `segment_uid`. The
 reference documents creating a list (`POST lists` → 201 `list_uid`), filling it (`subscribers/bulk`) and
 `campaign[list_uid]`; of segments it documents only the listing (`GET lists/{list_uid}/segments`), and a

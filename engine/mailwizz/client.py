@@ -1,6 +1,6 @@
 """MailWizz REST API client: lists, fields, subscribers, templates, segments and campaigns over httpx.
 
-Follows /work/shared/reference/mailwizz-api.md. A campaign's audience is a list of its own (engine.mailwizz.
+Follows the MailWizz REST API reference. A campaign's audience is a list of its own (engine.mailwizz.
 campaigns explains why): `create_list`, `create_subscribers` and `create_campaign` are all in the reference's
 endpoint table (§6). Segment creation (`create_language_segment`) is not: it follows the SDK
 (ems-api/php-client `ListSegments::create`) and no engine path uses it any more.
