@@ -104,10 +104,6 @@ def classified(record: Record) -> policy.Classified:
     return found if found.category else policy.Classified(bounce_class=found.bounce_class, category="other")
 
 
-def category(record: Record) -> str:
-    return classified(record).category
-
-
 def _outcome(record: Record) -> tuple[int | None, str, str]:
     """(SMTP code, enhanced status, detail) as the send log stores them."""
     match = _SMTP_CODE.search(record.dsn_diag)
@@ -164,12 +160,15 @@ async def apply_records(db: asyncpg.Connection, records: Sequence[Record]) -> Fe
             mismatched += 1
         else:
             chosen[action][sid] = record
+    # Each bounce classified once: its category goes on the row, its class decides the suppression.
+    bounces = {sid: classified(record) for sid, record in chosen["bounced"].items()}
     delivered = await _mark(db, "feedback-mark-delivered", chosen["delivered"])
-    bounced_rows = await _mark(db, "feedback-mark-bounced", chosen["bounced"], with_category=True)
+    bounced_rows = await _mark(db, "feedback-mark-bounced", chosen["bounced"],
+                               categories=[b.category for b in bounces.values()])
     transient = await _mark(db, "feedback-mark-transient", chosen["transient"])
     complained = await db.fetch(q("feedback-mark-complained"), list(chosen["complaint"]),
                                 [r.time_logged for r in chosen["complaint"].values()])
-    suppressed = await _suppress(db, rows, chosen)
+    suppressed = await _suppress(db, rows, chosen, bounces)
     changed = len(delivered) + len(bounced_rows) + len(transient) + len(complained)
     matched_records = len(records) - unmatched - mismatched - ignored
     return FeedbackReport(records=len(records), delivered=len(delivered), bounced=len(bounced_rows),
@@ -179,28 +178,28 @@ async def apply_records(db: asyncpg.Connection, records: Sequence[Record]) -> Fe
 
 
 async def _mark(db: asyncpg.Connection, query: str, chosen: dict[int, Record], *,
-                with_category: bool = False) -> list[asyncpg.Record]:
+                categories: list[str] | None = None) -> list[asyncpg.Record]:
     if not chosen:
         return []
     outcomes = [_outcome(r) for r in chosen.values()]
     args = [list(chosen), [r.time_logged for r in chosen.values()], [o[0] for o in outcomes],
             [o[1] for o in outcomes], [o[2] for o in outcomes]]
-    if with_category:
-        args.append([category(r) for r in chosen.values()])
+    if categories is not None:
+        args.append(categories)
     return await db.fetch(q(query), *args)
 
 
 async def _suppress(db: asyncpg.Connection, rows: Mapping[int, asyncpg.Record],
-                    chosen: Mapping[str, dict[int, Record]]) -> int:
+                    chosen: Mapping[str, dict[int, Record]], bounces: Mapping[int, policy.Classified]) -> int:
     """Hard bounces and complaints suppress the contact's stored address in the send row's tenant."""
     hard: dict[int, list[str]] = defaultdict(list)
     soft: dict[int, list[int]] = defaultdict(list)
     complaints: dict[int, list[str]] = defaultdict(list)
-    for sid, record in chosen["bounced"].items():
+    for sid, found in bounces.items():
         row = rows[sid]
         if row["status"] not in SENT or row["email"] is None:
             continue
-        bounce_class = classified(record).bounce_class
+        bounce_class = found.bounce_class
         if bounce_class is BounceClass.HARD:
             hard[row["tenant_id"]].append(row["email"])
         elif bounce_class is BounceClass.SOFT:

@@ -12,6 +12,7 @@ import msgspec
 
 from engine import secrets
 from engine.errors import Conflict, NotFound
+from engine.sending.policy import TenantPolicy
 from sql import q
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -93,9 +94,7 @@ class SendingPolicyPatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
 
 
 def sending_policy(settings: dict) -> SendingPolicy:
-    from engine.sending.policy import TenantPolicy  # the one reading of these knobs
-
-    read = TenantPolicy.from_settings(settings)
+    read = TenantPolicy.from_settings(settings)  # the one reading of these knobs
     return SendingPolicy(mail_risky=read.mail_risky,
                          validation_wait_hours=read.validation_wait.total_seconds() / 3600)
 

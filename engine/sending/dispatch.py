@@ -428,7 +428,7 @@ def _sort_results(ctx: Context, chunk: Chunk, results: list[SendResult]) -> Resu
         if not result.code:
             out.in_doubt += 1
         found = policy.classify(result.code, result.enhanced, result.text)
-        if result.outcome is Outcome.HARD or found.bounce_class is BounceClass.SENDER and result.code >= 500:
+        if result.outcome is Outcome.HARD:
             out.outcomes.append(sends.Outcome(status=SendStatus.FAILED, category=found.category, **common))
             if found.bounce_class is BounceClass.HARD and row.email:
                 out.hard_bounced.append(row.email)

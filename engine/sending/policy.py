@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from engine import dns_checks
 from engine.contacts import ContactStatus
 
 
@@ -223,6 +224,4 @@ def categories_of(bounce_class: BounceClass) -> list[str]:
 async def sender_hold(db: Any, tenant_id: int, from_email: str) -> str | None:
     """Why the campaign's From domain may not send now (a wrong SPF or DKIM record, a domain blocklist
     listing: engine.dns_checks), or None. Both transports ask before handing anything over."""
-    from engine import dns_checks  # DNS state lives with the checks that write it
-
     return await dns_checks.sending_hold(db, tenant_id, from_email)
