@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 from arq.connections import ArqRedis
-from litestar import Litestar, Router
+from litestar import Litestar, Request, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.logging.config import LoggingConfig
@@ -20,6 +20,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import ConnectionPool
 
 from api import (
+    audit,
     campaigns,
     contacts,
     data_sources,
@@ -54,10 +55,14 @@ only on its own tenant (another tenant's ids answer 404). Errors are JSON: `{sta
 """
 
 
-async def provide_db(state: State) -> AsyncGenerator[asyncpg.Connection, None]:
-    """A pooled connection inside a transaction: committed when the handler returns, rolled back if it raises."""
+async def provide_db(state: State, request: Request) -> AsyncGenerator[asyncpg.Connection, None]:
+    """A pooled connection inside a transaction: committed when the handler returns, rolled back if it raises.
+
+    A change's audit row is written here, in the same transaction, just before the commit.
+    """
     async with state.pool.acquire() as conn, conn.transaction():
         yield conn
+        await audit.record_request(conn, request.scope)
 
 
 def provide_redis(state: State) -> ArqRedis:
@@ -73,7 +78,7 @@ def controllers() -> Sequence[Any]:
     return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES,
             *suppressions.ROUTES, *templates.ROUTES, *ips.ROUTES, *domains.ROUTES, *warmup.ROUTES,
             *mailwizz.ROUTES, *feedback.ROUTES, *dns.ROUTES,
-            *pmta.ROUTES]
+            *pmta.ROUTES, *audit.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),
@@ -104,7 +109,7 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
             "settings": Provide(provide_settings, sync_to_thread=False),
             "caller": Provide(principal, sync_to_thread=False),
         },
-        middleware=[DefineMiddleware(BearerAuth, exclude=[f"^{p}" for p in PUBLIC_PATHS])],
+        middleware=[DefineMiddleware(BearerAuth, exclude=[f"^{p}" for p in PUBLIC_PATHS]), audit.AuditMiddleware()],
         exception_handlers=HANDLERS,
         # The process (email-engine's CLI, or the host application) owns the root logger and its format.
         logging_config=LoggingConfig(configure_root_logger=False),
