@@ -39,6 +39,7 @@ from api import (
     warmup,
 )
 from api.auth import PUBLIC_PATHS, BearerAuth, principal
+from api.dashboard import ROUTER as DASHBOARD
 from api.errors import HANDLERS
 from engine import db as dbm
 from engine.settings import Settings
@@ -100,7 +101,7 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
     # Only /api/v2 asks for a key; /health, /ready and the unsubscribe pages are public.
     api = Router(path="/api/v2", route_handlers=[*controllers(), *extra_routes], security=[{"bearer": []}])
     return Litestar(
-        route_handlers=[health.health, health.ready, *unsubscribe.ROUTES, api],
+        route_handlers=[health.health, health.ready, *unsubscribe.ROUTES, api, DASHBOARD],
         lifespan=[lifespan],
         state=State({"settings": settings, "admin_key": admin_key, "secret_key": secret_key}),
         dependencies={

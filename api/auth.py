@@ -10,8 +10,9 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from engine import errors, tenants
 from engine.secrets import keys_match
 
-# Paths that authenticate otherwise (HMAC webhooks, signed unsubscribe tokens) or not at all (probes, docs).
-PUBLIC_PATHS = ("/health", "/ready", "/schema", "/u/", "/api/v2/webhooks/")
+# Paths that authenticate otherwise (HMAC webhooks, signed unsubscribe tokens, the dashboard's session cookie)
+# or not at all (probes, docs).
+PUBLIC_PATHS = ("/health", "/ready", "/schema", "/u/", "/api/v2/webhooks/", "/dashboard")
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
