@@ -212,6 +212,7 @@ def _announce(rt: Runtime, settings: Settings, stand) -> None:
     lines = [
         f"email-engine is up: API {base}/api/v2  ready probe {base}/ready",
         f"  OpenAPI docs: {base}/schema/swagger  {base}/schema/redoc  {base}/schema/scalar  ({base}/schema/openapi.json)",
+        f"  dashboard: {base}/dashboard",
     ]
     if rt.settings.admin_key:
         lines.append("  admin key: from EMAIL_ENGINE_ADMIN_KEY")

@@ -198,7 +198,7 @@ class Bar:
 
     def __init__(self, out: TextIO, unit: str, total: int, *, clock=time.monotonic) -> None:
         self.out, self.unit, self.total, self.clock = out, unit, total, clock
-        self.started = clock()
+        self.first: tuple[float, int] | None = None
         self.tty = out.isatty()
         self.last_line = self.logged = self.extra = ""
         self.last_logged = -LOG_EVERY_SECONDS
@@ -208,8 +208,11 @@ class Bar:
         self.out.flush()
 
     def render(self, done: int, extra: str) -> str:
-        elapsed = max(self.clock() - self.started, 1e-6)
-        rate = done / elapsed
+        # the rate counts from the first figures seen: work done before the command started is not its speed
+        if self.first is None:
+            self.first = (self.clock(), done)
+        elapsed = self.clock() - self.first[0]
+        rate = (done - self.first[1]) / elapsed if elapsed > 0 else 0.0
         total = max(self.total, done)
         share = done / total if total else 1.0
         filled = round(BAR_WIDTH * share)

@@ -10,14 +10,18 @@ import socket
 import sys
 from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 
 from api.app import create_app
 from api.cli import _Server
 from api.progress_cli import Bar, count_lines
+from engine.sending.dispatch import Tuning
+from tests.campaign_helpers import use_ips
 from tests.conftest import ADMIN_KEY, SECRET_KEY
 from tests.dnsserver import DnsServer
+from tests.smtpserver import SmtpTestServer
 from workers.main import create_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,11 +36,15 @@ def _free_port() -> int:
 
 @pytest.fixture
 async def engine(settings, seeded):
-    """The API on a loopback port and a worker, both in this test's event loop; yields the API's URL."""
-    async with DnsServer({}) as dns:
-        local = msgspec.structs.replace(settings, http_port=_free_port(), dns_servers=(dns.address,))
+    """The API on a loopback port and a worker (sending to an SMTP server standing in for PowerMTA), both in
+    this test's event loop; yields the API's URL."""
+    async with DnsServer({}) as dns, SmtpTestServer() as smtp:
+        local = msgspec.structs.replace(settings, http_port=_free_port(), dns_servers=(dns.address,),
+                                        pmta_host=smtp.host, pmta_port=smtp.port, pmta_pool_size=4)
         server = _Server(create_app(local, admin_key=ADMIN_KEY, secret_key=SECRET_KEY), local)
-        worker = create_worker(local, secret_key=SECRET_KEY, handle_signals=False)
+        worker = create_worker(local, secret_key=SECRET_KEY, handle_signals=False,
+                               ctx={"dispatch_tuning": Tuning(batch=200, chunk=32, idle=0.05, max_wait=0.5,
+                                                              recover_every=1.0)})
         tasks = [asyncio.create_task(server.run()), asyncio.create_task(worker.async_run())]
         try:
             while not server.server.started:
@@ -125,15 +133,47 @@ async def test_import_json_prints_only_the_figures_and_campaign_watch_follows(en
     assert code == 1 and "no such file" in err
 
 
+async def test_campaign_watch_follows_a_sending_campaign_to_its_end(engine, db, tmp_path) -> None:
+    url, local = engine
+    path = tmp_path / "audience.csv"
+    _csv(path, 1500, bad_every=10_000)
+    code, out, err = await _cli(url, tmp_path, "import", str(path), "--tenant", "1", "--tags", "watch", "--json")
+    assert code == 0, err
+    # the worker validates the new contacts (its DNS knows none of their domains); once it is done, an
+    # operator marks them valid by hand, as the README's walk-through does
+    for _ in range(600):
+        if not await db.fetchval("SELECT count(*) FROM contacts WHERE tenant_id = 1 AND status = 'pending'"):
+            break
+        await asyncio.sleep(0.1)
+    await db.execute("UPDATE contacts SET status = 'valid' WHERE tenant_id = 1")
+    await use_ips(db, 1, [1, 2])
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=url, headers=admin) as api:
+        r = await api.post("/api/v2/campaigns", json={
+            "tenant_id": 1, "name": "watched", "from_name": "SOS-Expat", "from_email": "hello@sos-expat-mail-01.example",
+            "audience": {"tags": ["watch"]}})
+        cid = r.json()["id"]
+        assert (await api.post(f"/api/v2/campaigns/1/{cid}/start")).status_code == 200
+    code, out, err = await _cli(url, tmp_path, "campaign", "watch", "1", str(cid))
+    assert code == 0, err
+    print(err)
+    figures = dict(await db.fetch("SELECT status::text, count(*) FROM sends WHERE campaign_id = $1 GROUP BY 1", cid))
+    assert figures == {"injected": 1499}
+    assert await db.fetchval("SELECT status::text FROM campaigns WHERE id = $1", cid) == "completed"
+    lines = err.strip().splitlines()
+    assert lines[-1] == f"campaign {cid} completed: 1,499 recipients (1,499 injected)"
+    assert re.match(r"^\[#{30}\] 100% 1,499/1,499 messages  completed injected 1,499 failed 0 skipped 0  ", lines[-2])
+
+
 def test_bar_rate_eta_and_line_count(tmp_path) -> None:
     import io
 
     now = [100.0]
     out = io.StringIO()
     bar = Bar(out, "rows", 1000, clock=lambda: now[0])
+    assert bar.render(50, "").endswith("0 rows/s  ETA --:--")
     now[0] = 102.0
-    assert bar.render(250, "3 rejects") == (f"[{'#' * 8}{'.' * 22}]  25% 250/1,000 rows  3 rejects  125 rows/s  "
+    assert bar.render(300, "3 rejects") == (f"[{'#' * 9}{'.' * 21}]  30% 300/1,000 rows  3 rejects  125 rows/s  "
                                             "ETA 0:06")
-    assert bar.render(0, "").endswith("ETA --:--")
     (tmp_path / "a.csv").write_bytes(b"h\n1\n2")
     assert count_lines(tmp_path / "a.csv") == 3
