@@ -95,8 +95,7 @@ async def _tenant_context(db: asyncpg.Connection, s: Session, tenant_id: int, ta
         tenant = await tenants.get_tenant(db, tenant_id)
     except NotFound:
         return None
-    others = await dashboard.tenants(db, None if s.admin else s.tenant_id) if s.admin else []
-    return {"session": s, "tenant": tenant, "tab": tab, "tenants": others, "title": f"{tenant.name} · {tab}"}
+    return {"session": s, "tenant": tenant, "tab": tab, "title": f"{tenant.name} · {tab}"}
 
 
 # --- login -------------------------------------------------------------------------------------------------
@@ -133,6 +132,9 @@ async def login(request: Request) -> Response:
 
 @post("/logout", include_in_schema=False, operation_id="dashboardLogout", status_code=303)
 async def logout(request: Request) -> Response:
+    s = await _session(request)
+    if s is not None:
+        request.scope["user"] = _principal(s)   # the audit row of the logout names the key
     response = Redirect("/dashboard", status_code=303)
     response.cookies.append(_cookie(request, "", 0))
     return response
