@@ -50,6 +50,8 @@ INSERT INTO imports (tenant_id, status, file_path, file_bytes, rows_read, create
                      started_at, finished_at)
 VALUES (1, 'done', '/nonexistent/a.csv', 4000000, 100000, 97000, 1500, 1400, 100, now() - interval '2 minutes', now()),
        (1, 'running', '/nonexistent/b.csv', 800000, 5000, 4000, 500, 450, 50, now(), NULL);
+INSERT INTO alert_events (tenant_id, kind, subject, detail)
+VALUES (1, 'blocklist_listing', '192.0.2.13 listed on zen.spamhaus.example', '{"ip_id": 3}');
 """
 
 
@@ -194,12 +196,20 @@ async def test_every_page_renders_its_plots_without_console_errors(live, chromiu
     assert await page.locator("script").count() == 0           # the odd entry is text, not markup
     await _shot(page, "suppressions")
 
+    await page.goto("/dashboard/1/alerts")
+    assert "192.0.2.13 listed on zen.spamhaus.example" in await page.locator("tbody").inner_text()
+    await _shot(page, "alerts")
+
     await page.goto("/dashboard/1/audit")
     actions = await page.locator("tbody tr td:nth-child(3)").all_inner_texts()
     assert {"createCampaign", "addSuppressions", "createApiKey"} <= set(actions)
     # the admin's login is in the log too, under no tenant (the admin's own view)
     assert await db.fetchval("SELECT actor FROM audit_log WHERE action = 'dashboardLogin'") == "admin"
     await _shot(page, "audit")
+    await page.click("header button:has-text('Log out')")
+    await page.wait_for_load_state()
+    assert await page.locator("#key").count() == 1 and not [c for c in await ctx.cookies() if c["name"] == COOKIE]
+    assert await db.fetchval("SELECT actor FROM audit_log WHERE action = 'dashboardLogout'") == "admin"
     assert chromium.problems == []
 
 
@@ -244,11 +254,12 @@ async def test_a_tenant_key_cannot_see_the_other_tenants_pages(live, chromium, d
     assert await page.locator("header .tenant").inner_text() == "Ulixai"
     await _shot(page, "tenant-2-ips")
     assert chromium.problems == []
-    paths = ("ips", "campaigns", f"campaigns/{campaign}", "imports", "suppressions", "audit")
+    paths = ("ips", "campaigns", f"campaigns/{campaign}", "imports", "suppressions", "alerts", "audit")
     for path in paths:
         response = await page.goto(f"/dashboard/1/{path}")
         assert response.status == 404, path
-        assert "angry@inbox.example" not in await page.content()
+        content = await page.content()
+        assert "angry@inbox.example" not in content and "zen.spamhaus" not in content
     # Chromium reports each refused page itself, as a failed load; nothing else went wrong
     assert chromium.problems == [f"console: {NOT_FOUND}"] * len(paths)
     chromium.problems.clear()

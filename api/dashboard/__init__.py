@@ -26,7 +26,7 @@ from api.auth import Principal
 from api.dashboard import plots
 from api.dashboard.session import COOKIE, SESSION_SECONDS, Session, new_session, seal, unseal
 from api.deps import Db
-from engine import audit, campaigns, dashboard, ips, suppression, tenants
+from engine import alert_events, audit, campaigns, dashboard, ips, suppression, tenants
 from engine.errors import Conflict, NotFound
 from engine.secrets import keys_match
 from engine.warmup import today_in_timezone
@@ -278,6 +278,17 @@ async def audit_page(tenant_id: int, request: Request, db: Db,
     return _page("audit.html", **ctx, page=found)
 
 
+@get("/{tenant_id:int}/alerts", include_in_schema=False)
+async def alerts_page(tenant_id: int, request: Request, db: Db) -> Response:
+    s = await _session(request)
+    if s is None:
+        return Redirect("/dashboard", status_code=303)
+    ctx = await _tenant_context(db, s, tenant_id, "Alerts")
+    if ctx is None:
+        return _not_found(s)
+    return _page("alerts.html", **ctx, alerts=await alert_events.list_alerts(db, tenant_id, limit=PAGE))
+
+
 # --- the two controls --------------------------------------------------------------------------------------
 
 async def _control(request: Request, tenant_id: int, back: str, change) -> Response:
@@ -321,4 +332,4 @@ async def ip_control(tenant_id: int, ip_id: int, action: str, request: Request) 
 
 ROUTER = Router(path="/dashboard", route_handlers=[
     home, login, logout, style, tenant_home, ips_page, campaigns_page, campaign_page, imports_page,
-    suppressions_page, audit_page, campaign_control, ip_control], include_in_schema=False)
+    suppressions_page, audit_page, alerts_page, campaign_control, ip_control], include_in_schema=False)
