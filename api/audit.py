@@ -21,6 +21,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 import asyncpg
 from litestar import Request, get
@@ -86,8 +87,6 @@ def change_for(scope: Scope) -> audit.Change:
     summary = audit.summarise_body(body) if _is_json(scope) else ({"body_bytes": len(body)} if body else {})
     query = scope.get("query_string", b"").decode("latin-1")
     if query:
-        from urllib.parse import parse_qsl
-
         summary = {**summary, "query": audit.redact(dict(parse_qsl(query)))}
     state = scope.get("state", {})
     tenant_id = _tenant(state.get(_TENANT_KEY), target.get("tenant_id"), summary.get("tenant_id"),
@@ -105,6 +104,7 @@ def _tenant(*candidates: Any) -> int | None:
 
 
 def _is_json(scope: Scope) -> bool:
+    """A JSON body (or none): its fields go in the summary; any other body (a CSV, a form) only by its size."""
     ctype = next((v for k, v in scope.get("headers", ()) if k == b"content-type"), b"")
     return ctype.split(b";")[0].strip().lower().endswith(b"json") or not ctype
 
