@@ -224,6 +224,13 @@ async def test_listing_filters_pages_and_tenants(client, admin, seeded, db) -> N
     every = (await client.get("/api/v2/audit", params={"limit": 500}, headers=admin)).json()["items"]
     assert {e["tenant_id"] for e in every} == {1, 2}
     assert {e["action"] for e in every} >= {"createApiKey", "createCampaign", "addSuppressions"}
+    sos_key = await db.fetchval("SELECT max(id) FROM api_keys WHERE tenant_id = 1")
+    by_key = (await client.get("/api/v2/audit", params={"key_id": sos_key}, headers=admin)).json()["items"]
+    assert len(by_key) == 6 and {e["key_id"] for e in by_key} == {sos_key}
+    assert (await client.get("/api/v2/audit/1", params={"until": "2000-01-01T00:00:00Z"}, headers=sos)
+            ).json()["items"] == []
+    assert len((await client.get("/api/v2/audit/1", params={"since": "2000-01-01T00:00:00Z", "actor": "key"},
+                                 headers=sos)).json()["items"]) == 6
     r = await client.get("/api/v2/audit/1", params={"actor": "robot"}, headers=sos)
     assert r.status_code == 400 and r.json()["field"] == "actor"
 
