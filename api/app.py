@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 from arq.connections import ArqRedis
-from litestar import Litestar, Router
+from litestar import Litestar, Request, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.logging.config import LoggingConfig
@@ -20,6 +20,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import ConnectionPool
 
 from api import (
+    audit,
     campaigns,
     contacts,
     data_sources,
@@ -38,6 +39,7 @@ from api import (
     warmup,
 )
 from api.auth import PUBLIC_PATHS, BearerAuth, principal
+from api.dashboard import ROUTER as DASHBOARD
 from api.errors import HANDLERS
 from engine import db as dbm
 from engine.settings import Settings
@@ -54,10 +56,14 @@ only on its own tenant (another tenant's ids answer 404). Errors are JSON: `{sta
 """
 
 
-async def provide_db(state: State) -> AsyncGenerator[asyncpg.Connection, None]:
-    """A pooled connection inside a transaction: committed when the handler returns, rolled back if it raises."""
+async def provide_db(state: State, request: Request) -> AsyncGenerator[asyncpg.Connection, None]:
+    """A pooled connection inside a transaction: committed when the handler returns, rolled back if it raises.
+
+    A change's audit row is written here, in the same transaction, just before the commit.
+    """
     async with state.pool.acquire() as conn, conn.transaction():
         yield conn
+        await audit.record_request(conn, request.scope)
 
 
 def provide_redis(state: State) -> ArqRedis:
@@ -73,7 +79,7 @@ def controllers() -> Sequence[Any]:
     return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES,
             *suppressions.ROUTES, *templates.ROUTES, *ips.ROUTES, *domains.ROUTES, *warmup.ROUTES,
             *mailwizz.ROUTES, *feedback.ROUTES, *dns.ROUTES,
-            *pmta.ROUTES]
+            *pmta.ROUTES, *audit.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),
@@ -95,7 +101,7 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
     # Only /api/v2 asks for a key; /health, /ready and the unsubscribe pages are public.
     api = Router(path="/api/v2", route_handlers=[*controllers(), *extra_routes], security=[{"bearer": []}])
     return Litestar(
-        route_handlers=[health.health, health.ready, *unsubscribe.ROUTES, api],
+        route_handlers=[health.health, health.ready, *unsubscribe.ROUTES, api, DASHBOARD],
         lifespan=[lifespan],
         state=State({"settings": settings, "admin_key": admin_key, "secret_key": secret_key}),
         dependencies={
@@ -104,7 +110,7 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
             "settings": Provide(provide_settings, sync_to_thread=False),
             "caller": Provide(principal, sync_to_thread=False),
         },
-        middleware=[DefineMiddleware(BearerAuth, exclude=[f"^{p}" for p in PUBLIC_PATHS])],
+        middleware=[DefineMiddleware(BearerAuth, exclude=[f"^{p}" for p in PUBLIC_PATHS]), audit.AuditMiddleware()],
         exception_handlers=HANDLERS,
         # The process (email-engine's CLI, or the host application) owns the root logger and its format.
         logging_config=LoggingConfig(configure_root_logger=False),

@@ -10,8 +10,9 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from engine import errors, tenants
 from engine.secrets import keys_match
 
-# Paths that authenticate otherwise (HMAC webhooks, signed unsubscribe tokens) or not at all (probes, docs).
-PUBLIC_PATHS = ("/health", "/ready", "/schema", "/u/", "/api/v2/webhooks/")
+# Paths that authenticate otherwise (HMAC webhooks, signed unsubscribe tokens, the dashboard's session cookie)
+# or not at all (probes, docs).
+PUBLIC_PATHS = ("/health", "/ready", "/schema", "/u/", "/api/v2/webhooks/", "/dashboard")
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
@@ -19,6 +20,8 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
 
     tenant_id: int | None = None
     admin: bool = False
+    # the tenant key's id (None for the admin key): the audit log names the key that acted
+    key_id: int | None = None
 
     def can_see(self, tenant_id: int) -> bool:
         return self.admin or self.tenant_id == tenant_id
@@ -49,10 +52,10 @@ class BearerAuth(AbstractAuthenticationMiddleware):
         state = connection.app.state
         if keys_match(key, state.admin_key):
             return AuthenticationResult(user=Principal(admin=True), auth=key)
-        tenant_id = await tenants.authenticate(state.pool, key)
-        if tenant_id is None:
+        found = await tenants.authenticate_key(state.pool, key)
+        if found is None:
             raise errors.Unauthorized("invalid or revoked API key")
-        return AuthenticationResult(user=Principal(tenant_id=tenant_id), auth=key)
+        return AuthenticationResult(user=Principal(tenant_id=found[1], key_id=found[0]), auth=key)
 
 
 def principal(request: Request) -> Principal:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from api import ops_cli
+from api import ops_cli, progress_cli
 from api.supervisor import ChildSpec, Supervisor
 from engine import db as dbm
 from engine import embedded, secrets
@@ -212,6 +212,7 @@ def _announce(rt: Runtime, settings: Settings, stand) -> None:
     lines = [
         f"email-engine is up: API {base}/api/v2  ready probe {base}/ready",
         f"  OpenAPI docs: {base}/schema/swagger  {base}/schema/redoc  {base}/schema/scalar  ({base}/schema/openapi.json)",
+        f"  dashboard: {base}/dashboard",
     ]
     if rt.settings.admin_key:
         lines.append("  admin key: from EMAIL_ENGINE_ADMIN_KEY")
@@ -306,6 +307,7 @@ def parser() -> argparse.ArgumentParser:
         "--workers", type=_worker_count, default=None, metavar="N",
         help="worker processes (default: one per core; 0 runs the worker inside the API's process)")
     ops_cli.add_commands(sub)
+    progress_cli.add_commands(sub)
     return p
 
 
@@ -326,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     _event_loop()
     if args.command in ops_cli.COMMANDS:
         return ops_cli.run(args, settings)
+    if args.command in progress_cli.COMMANDS:
+        return progress_cli.run(args, settings)
     try:
         if args.command == "up":
             cmd_up(settings, args.workers)

@@ -7,10 +7,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from arq.connections import ArqRedis
-from litestar import delete, get, patch, post
-from litestar.datastructures import State
+from litestar import Request, delete, get, patch, post
 from litestar.params import JSONBody, QueryParameter
 
+from api import audit
 from api.deps import Caller, Config, Db, RedisClient, TenantId, id_param
 from engine import contacts
 from engine.contacts import (
@@ -71,12 +71,12 @@ async def enqueue_validation(redis: ArqRedis, settings: Settings, to_validate: d
                   "(tenant, normalised email), inside the batch too; known ones are merged (non-null fields win, "
                   "tags add up). Each contact's outcome is `created`, `updated`, `unchanged` or `rejected` with a "
                   "reason; bad contacts never stop the good ones. New contacts are validated in the background.")
-async def ingest_contacts(data: JSONBody[IngestRequest], state: State, caller: Caller, redis: RedisClient,
+async def ingest_contacts(data: JSONBody[IngestRequest], request: Request, caller: Caller, redis: RedisClient,
                           settings: Config) -> IngestResult:
     if len(data.contacts) > MAX_BATCH:
         raise TooLarge(f"contacts: at most {MAX_BATCH:,} per request, got {len(data.contacts):,}", field="contacts")
     # Our own transaction, not the Db dependency's: the validation job must be enqueued after the commit.
-    async with state.pool.acquire() as db, db.transaction():
+    async with audit.transaction(request) as db:
         report = await contacts.ingest(db, data.contacts, tenant_id=None if caller.admin else caller.tenant_id)
     await enqueue_validation(redis, settings, report.to_validate)
     return IngestResult(created=report.created, updated=report.updated, unchanged=report.unchanged,
@@ -126,14 +126,14 @@ async def list_contact_events(tenant_id: TenantId, contact_id: ContactId, db: Db
        description="Change fields, add or remove tags, or set the status by hand (with a `reason`, recorded in "
                    "the contact's events). The email cannot change: it is the contact's identity. A contact set back "
                    "to `pending` is validated again in the background.")
-async def patch_contact(tenant_id: TenantId, contact_id: ContactId, data: JSONBody[ContactPatch], state: State,
+async def patch_contact(tenant_id: TenantId, contact_id: ContactId, data: JSONBody[ContactPatch], request: Request,
                         caller: Caller, redis: RedisClient, settings: Config) -> Contact:
     caller.scope(tenant_id)
     changes = {f: getattr(data, f) for f in contacts.EDITABLE if getattr(data, f) is not msgspec.UNSET}
     if "custom" in changes and changes["custom"] is None:
         changes["custom"] = {}
     # Our own transaction: a contact set back to pending is validated again, by a job enqueued after commit.
-    async with state.pool.acquire() as db, db.transaction():
+    async with audit.transaction(request) as db:
         contact = await contacts.patch_contact(db, tenant_id, contact_id, changes, add_tags=data.add_tags,
                                                remove_tags=data.remove_tags, status=data.status, reason=data.reason)
     if data.status == "pending":

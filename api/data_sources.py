@@ -10,6 +10,7 @@ from litestar import Request, get, post, put
 from litestar.datastructures import State
 from litestar.params import JSONBody
 
+from api import audit
 from api.contacts import IngestResult, enqueue_validation
 from api.deps import Caller, Config, Db, RedisClient, TenantId, id_param
 from engine import contacts, data_sources
@@ -83,7 +84,8 @@ async def receive_webhook(source_id: SourceId, request: Request, state: State, r
     found, positions, failed = data_sources.map_payload(payload, mapping, tenant_id, source_id)
     if len(found) + len(failed) > MAX_BATCH:
         raise TooLarge(f"body: at most {MAX_BATCH:,} records per request", field="body")
-    async with state.pool.acquire() as db, db.transaction():
+    audit.set_tenant(request, tenant_id)
+    async with audit.transaction(request) as db:
         report = await contacts.ingest(db, found, tenant_id=tenant_id)
     await enqueue_validation(redis, settings, report.to_validate)
     merged = data_sources.merge_report(report, positions, failed)

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, get, post
-from litestar.datastructures import State
 from litestar.params import QueryParameter
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from api import audit
 from api.deps import Caller, Config, Db, RedisClient, id_param
 from engine import csv_files, imports
 from engine.csv_files import CsvFormat
@@ -121,7 +121,7 @@ def _options(query: dict[str, Any], form: dict[str, str]) -> tuple[int | None, d
                   "answer shows the encoding and separator used. The import runs in the background: follow it "
                   "at GET /api/v2/imports/{id}.")
 async def import_contacts(
-    request: Request, state: State, caller: Caller, redis: RedisClient, settings: Config,
+    request: Request, caller: Caller, redis: RedisClient, settings: Config,
     tenant_id: Annotated[int | None, QueryParameter(gt=0)] = None,
     mapping: Annotated[str | None, QueryParameter(description="JSON object", examples=[])] = None,
     tags: Annotated[str | None, QueryParameter(description="comma-separated tags for every row")] = None,
@@ -161,7 +161,7 @@ async def import_contacts(
         chosen = caller.scope(chosen if chosen is not None else caller.tenant_id)
         # detected now, from the file's first bytes, so the answer says how the file will be read
         fmt: CsvFormat = csv_files.sniff(path, encoding=given_encoding, delimiter=given_delimiter)
-        async with state.pool.acquire() as db, db.transaction():
+        async with audit.transaction(request) as db:
             created = await imports.create_import(db, chosen, path, sink.size, columns, defaults, fmt)
     except BaseException:
         sink.close()

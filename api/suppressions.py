@@ -7,10 +7,11 @@ from typing import Annotated, Literal
 import asyncpg
 import msgspec
 from arq.connections import ArqRedis
-from litestar import delete, get, post
+from litestar import Request, delete, get, post
 from litestar.datastructures import State
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
+from api import audit
 from api.deps import Caller, Config, Db, RedisClient, TenantId
 from engine import suppression, tenants
 from engine.errors import TooLarge
@@ -65,13 +66,13 @@ async def enqueue_propagation(db: asyncpg.Connection | asyncpg.Pool, redis: ArqR
                   "Bad entries are listed in `rejected` and never stop the good ones. Contacts at a suppressed "
                   "address become unsubscribed / bounced / complained; for a MailWizz tenant the addresses are "
                   "also unsubscribed in MailWizz, in the background.")
-async def add_suppressions(data: JSONBody[SuppressionAdd], state: State, caller: Caller, redis: RedisClient,
+async def add_suppressions(data: JSONBody[SuppressionAdd], request: Request, state: State, caller: Caller, redis: RedisClient,
                            settings: Config) -> AddResult:
     caller.scope(data.tenant_id)
     if len(data.emails) > MAX_BATCH:
         raise TooLarge(f"emails: at most {MAX_BATCH:,} per request, got {len(data.emails):,}", field="emails")
     # Our own transaction: the propagation job is enqueued after the commit.
-    async with state.pool.acquire() as db, db.transaction():
+    async with audit.transaction(request) as db:
         report = await suppression.add_suppressions(db, data.tenant_id, data.emails, reason=data.reason,
                                                     source=data.source)
     await enqueue_propagation(state.pool, redis, settings, data.tenant_id, report.changed_addresses)

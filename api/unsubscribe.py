@@ -14,6 +14,7 @@ from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import PathParameter
 
+from api import audit
 from api.deps import Config, RedisClient
 from api.suppressions import enqueue_propagation
 from engine import suppression
@@ -138,7 +139,8 @@ async def unsubscribe(token: Token, request: Request, state: State, redis: Redis
         return _invalid()
     one_click = ONE_CLICK.encode() in await request.body()
     try:
-        async with state.pool.acquire() as db, db.transaction():
+        audit.set_tenant(request, read.tenant_id)
+        async with audit.transaction(request) as db:
             report = await suppression.add_suppressions(
                 db, read.tenant_id, [read.email], reason="unsubscribe",
                 source="one-click" if one_click else "unsubscribe-page")

@@ -130,8 +130,14 @@ async def revoke_api_key(db: asyncpg.Connection, tenant_id: int, key_id: int) ->
 
 async def authenticate(db: asyncpg.Connection | asyncpg.Pool, key: str) -> int | None:
     """The tenant a live key belongs to, or None."""
+    found = await authenticate_key(db, key)
+    return None if found is None else found[1]
+
+
+async def authenticate_key(db: asyncpg.Connection | asyncpg.Pool, key: str) -> tuple[int, int] | None:
+    """(key id, tenant id) of a live key, or None."""
     row = await db.fetchrow(q("authenticate-api-key"), secrets.hash_key(key))
     if row is None:
         return None
     await db.execute(q("touch-api-key"), row["id"])
-    return row["tenant_id"]
+    return row["id"], row["tenant_id"]

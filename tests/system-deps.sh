@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the test suite and the benchmarks need, installed only when missing.
-#   chromium   - headless browser for the right-to-left layout test
+#   chromium   - headless browser for the right-to-left layout test and the dashboard tests (driven by the
+#                dev extra's playwright package, which never downloads a browser of its own here)
 #   postfix    - only for /usr/sbin/smtp-sink and smtp-source (the mail system is never configured or started)
 set -euo pipefail
 need=()
