@@ -92,8 +92,8 @@ def tallies(rows: Sequence[tuple[int, int | None, int, int, int]]) -> list[Tally
 async def record(db: asyncpg.Connection | asyncpg.Pool, tenant_id: int, found: Sequence[Tally]) -> list[Paused]:
     """Add one tenant's results and pause what passed its limits; return what paused just now.
 
-    The limits are looked at only when something bad arrived (a hard bounce, a complaint): a rate can only
-    pass a limit on such a result, or on the result that brings the count to `min_results` right after one.
+    A rate rises only with a bad result (a hard bounce, a complaint), so the limits are looked at only when
+    one arrived; a target that reaches `min_results` on clean results is judged at its next bad one.
     """
     found = [t for t in found if t.results or t.hard or t.complaints]
     if not found:

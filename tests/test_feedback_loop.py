@@ -74,6 +74,11 @@ async def test_a_campaign_bouncing_at_ten_percent_pauses_itself_until_resumed(cl
     policy = r.json()["auto_pause"]
     assert policy["campaign"] == {"hard_bounce_rate": 0.02, "complaint_rate": 0.001, "min_results": 200}
     assert policy["ip"]["min_results"] == 1_000_000 and policy["ip"]["hard_bounce_rate"] == 0.05
+    for bad, field in (({"campaign": {"hard_bounce_rate": 2}}, "auto_pause.campaign.hard_bounce_rate"),
+                       ({"ip": {"min_results": 0}}, "auto_pause.ip.min_results"),
+                       ({"campaign": {"threshold": 1}}, "auto_pause.campaign")):
+        r = await client.patch("/api/v2/tenants/1/sending-policy", headers=admin, json={"auto_pause": bad})
+        assert r.status_code == 400 and r.json()["field"] == field, r.text
     dead = {e for e in emails if index(e) % 10 == 0}
     async with SmtpTestServer(rcpt_rule=every_tenth_is_dead) as server:
         transport = Injector(server.host, server.port, pool_size=2, timeout=5.0)
