@@ -86,7 +86,7 @@ async def test_a_campaign_bouncing_at_ten_percent_pauses_itself_until_resumed(cl
                                   dispatch_tuning=FAST):
             campaign_id = await create_and_start(client, admin)
             await wait_for_status(db, campaign_id, "paused", within=60)
-            first = await counts(db, campaign_id)
+            first = await settled(db, campaign_id)
             results = first.get("injected", 0) + first.get("failed", 0)
             # Judged after every chunk (64): past 200 results at 10% it stops within one chunk.
             assert 200 <= results <= 200 + Tuning().chunk, first
@@ -110,7 +110,7 @@ async def test_a_campaign_bouncing_at_ten_percent_pauses_itself_until_resumed(cl
             r = await client.post(f"/api/v2/campaigns/1/{campaign_id}/resume", headers=admin)
             assert r.status_code == 200 and r.json()["pause_reason"] is None
             await until(lambda: _status_is(db, campaign_id, "paused"), within=60)
-            second = await counts(db, campaign_id)
+            second = await settled(db, campaign_id)
             again = second.get("injected", 0) + second.get("failed", 0) - results
             assert 200 <= again <= 200 + Tuning().chunk, second
             # The operator raises the limit and resumes: the rest is sent, once each.
@@ -126,6 +126,15 @@ async def test_a_campaign_bouncing_at_ten_percent_pauses_itself_until_resumed(cl
     suppressed = {r["value"] for r in await db.fetch("SELECT value FROM suppressions WHERE reason = 'hard_bounce'")}
     assert suppressed == dead
     assert await db.fetchval("SELECT status::text FROM ips WHERE vmta_name = $1", vmta) == "active"
+
+
+async def settled(db, campaign_id: int) -> dict[str, int]:
+    """The send log once the worker that paused has recorded its chunk and released the rest of its batch."""
+    async def released() -> bool:
+        return not {"claimed", "sending"} & set(await counts(db, campaign_id))
+
+    await until(released, within=30)
+    return await counts(db, campaign_id)
 
 
 async def _status_is(db, campaign_id: int, status: str) -> bool:
