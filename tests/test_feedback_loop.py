@@ -378,3 +378,35 @@ async def test_an_ip_and_a_domain_past_their_limits_pause_and_resume(client, adm
     r = await client.post(f"/api/v2/ips/1/{ip_id}/resume", headers=admin)
     assert r.json()["status"] == "warming"
     assert (await client.get(f"/api/v2/ips/1/{ip_id}/health", headers=admin)).json()["results"] == 0
+
+
+async def test_accounting_records_take_the_same_paths(client, admin, seeded, db, settings) -> None:
+    emails = await add_contacts(client, admin, 10)
+    await mark_valid(db)
+    [vmta] = await use_ips(db, 1, [1])
+    ip_id = await db.fetchval("SELECT id FROM ips WHERE vmta_name = $1", vmta)
+    async with SmtpTestServer() as server:
+        async with running_worker(at(settings, server), transport=Injector(server.host, server.port, pool_size=2),
+                                  dispatch_tuning=FAST):
+            campaign_id = await create_and_start(client, admin)
+            await wait_for_status(db, campaign_id, "completed", within=60)
+    sid = {r["email"]: r["id"] for r in await db.fetch(
+        "SELECT s.id, c.email FROM sends s JOIN contacts c ON c.id = s.contact_id WHERE s.campaign_id = $1",
+        campaign_id)}
+    await db.execute("UPDATE contacts SET mx_host = 'alt1.gmail-smtp-in.l.google.com' WHERE email = ANY($1::text[])",
+                     emails[6:9])
+    header = "type,envId,timeLogged,rcpt,orig,dsnAction,dsnStatus,dsnDiag,bounceCat,jobId,vmta,feedbackType"
+    lines = [f"f,{sid[emails[4]]},2026-12-01 10:00:00+0000,{emails[4]},,,,,,{campaign_id},{vmta},abuse",
+             f"b,{sid[emails[5]]},2026-12-01 10:00:01+0000,{emails[5]},,failed,5.1.1,smtp;550 5.1.1 unknown user,"
+             f"bad-mailbox,{campaign_id},{vmta},"]
+    lines += [f"t,{sid[e]},2026-12-01 10:00:02+0000,{e},,delayed,4.7.28,\"smtp;{GMAIL_DEFERRAL}\",,"
+              f"{campaign_id},{vmta}," for e in emails[6:9]]
+    r = await client.post("/api/v2/feedback/pmta-accounting", headers={**admin, "Content-Type": "text/csv"},
+                          content="\n".join([header, *lines]) + "\n")
+    assert r.status_code == 200, r.text
+    rows = {r["value"]: r["reason"] for r in await db.fetch("SELECT value, reason::text AS reason FROM suppressions")}
+    assert rows == {emails[4]: "complaint", emails[5]: "hard_bounce"}
+    figures = (await client.get(f"/api/v2/campaigns/1/{campaign_id}/health", headers=admin)).json()
+    assert (figures["results"], figures["hard_bounces"], figures["complaints"]) == (10, 1, 1), figures
+    [hold] = (await client.get("/api/v2/ips/1/provider-holds", headers=admin)).json()
+    assert (hold["ip_id"], hold["provider"], hold["active"]) == (ip_id, "gmail", True)
