@@ -126,11 +126,21 @@ async def check(db: asyncpg.Connection | asyncpg.Pool, tenant_id: int,
     return paused
 
 
+async def pause_campaign(db: asyncpg.Connection | asyncpg.Pool, tenant_id: int, campaign_id: int,
+                         reason: str) -> bool:
+    """A sender-class refusal (engine.sending.dispatch): the campaign pauses at once, whatever its figures."""
+    if await db.fetchval(q("pause-campaign-itself"), campaign_id, reason[:500]) is None:
+        return False
+    await alert_events.raise_alert(db, tenant_id, ALERT_KINDS[Scope.CAMPAIGN], f"campaign:{campaign_id}",
+                                   {"reason": reason[:500]})
+    return True
+
+
 async def _pause(db: asyncpg.Connection | asyncpg.Pool, tenant_id: int, scope: Scope, scope_id: int,
                  reason: str) -> bool:
     """Pause the target; False when it was not sending (already paused, finished, retired)."""
     if scope is Scope.CAMPAIGN:
-        # The same statement the sender-class refusal uses: only a sending campaign of the tenant moves.
+        # The same statement the sender-class refusal uses: only a sending campaign moves.
         return await db.fetchval(q("pause-campaign-itself"), scope_id, f"auto-paused: {reason}"[:500]) is not None
     query = "health-pause-ip" if scope is Scope.IP else "health-pause-domain"
     return await db.fetchval(q(query), tenant_id, scope_id, f"auto-paused: {reason}"[:500]) is not None

@@ -15,6 +15,7 @@ from engine import health
 from engine.sending import backoff
 from engine.sending.dispatch import Tuning
 from pmta.inject import Injector
+from sql import q
 from tests.campaign_helpers import (
     add_contacts,
     create_and_start,
@@ -359,8 +360,8 @@ async def test_an_ip_and_a_domain_past_their_limits_pause_and_resume(client, adm
     ip = (await client.get(f"/api/v2/ips/1/{ip_id}", headers=admin)).json()
     assert ip["status"] == "paused" and "hard bounces 41 of 500 results over 24 h (8.20%)" in ip["status_reason"]
     # Its warmup holds: the daily run does not look at it.
-    assert await db.fetchval("SELECT count(*) FROM warmup_plans w JOIN ips i ON i.id = w.ip_id "
-                             "WHERE w.ip_id = $1 AND i.status = 'warming'", ip_id) == 0
+    due = await db.fetch(q("warmup-due-ips"), 1, dt.date.today() + dt.timedelta(days=1))
+    assert ip_id not in {r["ip_id"] for r in due}
     from engine.sending import policy
 
     hold = await policy.sender_hold(db, 1, "hello@sos-expat-mail-01.example")

@@ -290,6 +290,8 @@ async def test_a_sender_side_refusal_pauses_the_campaign_and_suppresses_nobody(c
         assert not server.messages
     reason = await db.fetchval("SELECT pause_reason FROM campaigns WHERE id = $1", campaign_id)
     assert "5.1.7" in reason and "Sender address rejected" in reason
+    alert = await db.fetchrow("SELECT kind, detail FROM alert_events WHERE subject = $1", f"campaign:{campaign_id}")
+    assert alert["kind"] == "campaign_auto_paused" and alert["detail"]["reason"] == reason
     assert await db.fetchval("SELECT count(*) FROM suppressions WHERE tenant_id = 1") == 0
     counts = await send_counts(db, campaign_id)
     # the chunk that met the refusal failed with it; every other row waits, untouched, for a resume

@@ -354,7 +354,7 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
         stop = None
         if results.sender_fault is not None:
             stop = f"paused: {results.sender_fault}"
-            await ctx.pool.execute(q("pause-campaign-itself"), campaign.id, results.sender_fault[:500])
+            await health.pause_campaign(ctx.pool, campaign.tenant_id, campaign.id, results.sender_fault)
             log.error("campaign %s paused: %s", campaign.id, results.sender_fault)
         elif any(p.scope is health.Scope.CAMPAIGN and p.scope_id == campaign.id for p in paused):
             stop = "paused: its figures passed the tenant's limits"
