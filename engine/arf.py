@@ -46,12 +46,15 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _value(raw: object) -> str | None:
+    """A header value as stored: one line, valid UTF-8 (undecodable bytes replaced), no NUL, cut to MAX_FIELD."""
     text = " ".join(str(raw).split()) if raw is not None else ""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\x00", "")
     return text[:MAX_FIELD] or None
 
 
-def _address(raw: str | None) -> str | None:
+def _address(header: object) -> str | None:
     """The bare address of "rfc822; a@b" or "Name <a@b>"."""
+    raw = _value(header)
     if not raw:
         return None
     raw = raw.split(";", 1)[1] if raw.lower().startswith("rfc822;") else raw
@@ -98,7 +101,7 @@ def parse(data: bytes, content_type: str | None = None) -> Report:
 
 
 def _arf(message: Message, digest: bytes) -> Report:
-    report_type = (message.get_param("report-type") or "").lower()
+    report_type = str(email.utils.collapse_rfc2231_value(message.get_param("report-type") or "")).lower()
     if report_type != "feedback-report":
         raise Invalid(f"Content-Type: a multipart/report must have report-type=feedback-report (RFC 5965 §2), "
                       f"got {report_type or 'none'!r}", field="report-type")

@@ -411,3 +411,25 @@ async def test_accounting_records_take_the_same_paths(client, admin, seeded, db,
     assert (figures["results"], figures["hard_bounces"], figures["complaints"]) == (10, 1, 1), figures
     [hold] = (await client.get("/api/v2/ips/1/provider-holds", headers=admin)).json()
     assert (hold["ip_id"], hold["provider"], hold["active"]) == (ip_id, "gmail", True)
+
+
+async def test_damaged_reports_are_a_400_or_a_result_never_a_500(client, admin, seeded, db) -> None:
+    import random
+
+    original = (b"Message-ID: <a@b.example>\r\nX-Envelope-Id: 12\r\nTo: \xff\xfe x@y.example\r\nX-Job: 3\r\n"
+                b"Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\nbody\x00\r\n")
+    rnd = random.Random(14)
+    bases = [arf(original, rcpt="x@y.example"), jmrp(original), arf(original, rcpt=None, third="text/rfc822-headers")]
+    seen = set()
+    for i in range(150):
+        data = bytearray(bases[i % len(bases)])
+        for _ in range(rnd.randint(1, 12)):
+            data[rnd.randrange(len(data))] = rnd.randrange(256)
+        if rnd.random() < 0.3:
+            data = data[:rnd.randrange(len(data))]
+        r = await post_report(client, admin, bytes(data))
+        assert r.status_code in (200, 400), r.text
+        seen.add(r.status_code)
+        if r.status_code == 400:
+            assert r.json()["field"] and r.json()["detail"]
+    assert seen == {200, 400}
