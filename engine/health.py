@@ -116,10 +116,11 @@ async def check(db: asyncpg.Connection | asyncpg.Pool, tenant_id: int,
     for figures in (Figures(**r) for r in rows):
         scope = Scope(figures.scope)
         reason = verdict(getattr(limits, scope.value), figures, WINDOWS[scope])
-        if reason is None or not await _pause(db, tenant_id, scope, figures.scope_id, reason):
+        subject = None if reason is None else await _pause(db, tenant_id, scope, figures.scope_id, reason)
+        if subject is None:
             continue
         paused.append(Paused(scope=scope, scope_id=figures.scope_id, reason=reason))
-        await alert_events.raise_alert(db, tenant_id, ALERT_KINDS[scope], f"{scope.value}:{figures.scope_id}",
+        await alert_events.raise_alert(db, tenant_id, ALERT_KINDS[scope], subject,
                                        {"reason": reason, **msgspec.structs.asdict(figures),
                                         "limits": msgspec.structs.asdict(getattr(limits, scope.value))})
         log.warning("tenant %s %s %s paused itself: %s", tenant_id, scope.value, figures.scope_id, reason)
@@ -137,13 +138,19 @@ async def pause_campaign(db: asyncpg.Connection | asyncpg.Pool, tenant_id: int, 
 
 
 async def _pause(db: asyncpg.Connection | asyncpg.Pool, tenant_id: int, scope: Scope, scope_id: int,
-                 reason: str) -> bool:
-    """Pause the target; False when it was not sending (already paused, finished, retired)."""
+                 reason: str) -> str | None:
+    """Pause the target and return the alert's subject ("campaign:12", "ip:3", "domain:mail.example"); None
+    when it was not sending (already paused, finished, retired)."""
+    stored = f"auto-paused: {reason}"[:500]
     if scope is Scope.CAMPAIGN:
         # The same statement the sender-class refusal uses: only a sending campaign moves.
-        return await db.fetchval(q("pause-campaign-itself"), scope_id, f"auto-paused: {reason}"[:500]) is not None
-    query = "health-pause-ip" if scope is Scope.IP else "health-pause-domain"
-    return await db.fetchval(q(query), tenant_id, scope_id, f"auto-paused: {reason}"[:500]) is not None
+        done = await db.fetchval(q("pause-campaign-itself"), scope_id, stored)
+        return None if done is None else f"campaign:{scope_id}"
+    if scope is Scope.IP:
+        done = await db.fetchval(q("health-pause-ip"), tenant_id, scope_id, stored)
+        return None if done is None else f"ip:{scope_id}"
+    name = await db.fetchval(q("health-pause-domain"), tenant_id, scope_id, stored)
+    return None if name is None else f"domain:{name}"
 
 
 async def rearm(db: asyncpg.Connection | asyncpg.Pool, scope: Scope, scope_id: int) -> None:

@@ -366,8 +366,8 @@ async def test_an_ip_and_a_domain_past_their_limits_pause_and_resume(client, adm
 
     hold = await policy.sender_hold(db, 1, "hello@sos-expat-mail-01.example")
     assert hold is not None and hold.startswith("domain sos-expat-mail-01.example is paused: auto-paused: hard")
-    kinds = {r["kind"] for r in await db.fetch("SELECT kind FROM alert_events WHERE tenant_id = 1")}
-    assert kinds == {"ip_paused", "domain_paused"}
+    alerts = {(r["kind"], r["subject"]) for r in await db.fetch("SELECT kind, subject FROM alert_events")}
+    assert alerts == {("ip_paused", f"ip:{ip_id}"), ("domain_paused", "domain:sos-expat-mail-01.example")}
     # Another tenant's key sees none of it.
     other = await tenant_key(client, admin, 2)
     assert (await client.get(f"/api/v2/domains/2/{domain_id}/health", headers=other)).status_code == 404

@@ -60,7 +60,7 @@ RETURNING id;
 -- name: health-pause-domain
 UPDATE domains SET paused_reason = $3, paused_at = now(), updated_at = now()
 WHERE tenant_id = $1 AND id = $2 AND paused_reason IS NULL
-RETURNING id;
+RETURNING name;
 
 -- name: health-resume-domain
 UPDATE domains SET paused_reason = NULL, paused_at = NULL, updated_at = now()
