@@ -173,7 +173,7 @@ async def apply_records(db: asyncpg.Connection, records: Sequence[Record]) -> Fe
         [r.time_logged for r in chosen["complaint"].values()], source=SOURCE)
     complained = recorded.complained
     suppressed = await _suppress(db, rows, chosen, bounces) + recorded.suppressed
-    await _count_hard(db, rows, {r["id"] for r in bounced_rows}, bounces)
+    await _count_hard(db, rows, {r["id"] for r in bounced_rows}, bounces, chosen["bounced"])
     await _observe_deferrals(db, rows, chosen["transient"])
     changed = len(delivered) + len(bounced_rows) + len(transient) + len(complained)
     matched_records = len(records) - unmatched - mismatched - ignored
@@ -201,16 +201,23 @@ def _complained_row(row: asyncpg.Record) -> complaints.ComplainedRow:
 
 
 async def _count_hard(db: asyncpg.Connection, rows: Mapping[int, asyncpg.Record], bounced: set[int],
-                      bounces: Mapping[int, policy.Classified]) -> None:
+                      bounces: Mapping[int, policy.Classified], records: Mapping[int, Record]) -> None:
     """Hard bounces PowerMTA reports after accepting the message count on the campaign, IP and domain
-    (their result was counted at injection)."""
+    (their result was counted at injection); a sender-class bounce pauses its campaign at once."""
     by_tenant: dict[int, list[tuple[int, int | None, int, int, int]]] = defaultdict(list)
-    for sid in bounced:
+    sender: dict[int, tuple[int, str]] = {}
+    for sid in sorted(bounced):
+        row = rows[sid]
         if bounces[sid].bounce_class is BounceClass.HARD:
-            row = rows[sid]
             by_tenant[row["tenant_id"]].append((row["campaign_id"], row["ip_id"], 0, 1, 0))
+        elif bounces[sid].bounce_class is BounceClass.SENDER and row["campaign_id"] not in sender:
+            record = records[sid]
+            sender[row["campaign_id"]] = (row["tenant_id"], f"PowerMTA bounced a message for the sender's fault: "
+                                                             f"{record.dsn_status} {record.dsn_diag}".strip())
     for tenant_id, entries in by_tenant.items():
         await health.record(db, tenant_id, health.tallies(entries))
+    for campaign_id, (tenant_id, reason) in sender.items():
+        await health.pause_campaign(db, tenant_id, campaign_id, reason)
 
 
 async def _observe_deferrals(db: asyncpg.Connection, rows: Mapping[int, asyncpg.Record],

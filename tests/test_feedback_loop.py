@@ -402,6 +402,10 @@ async def test_accounting_records_take_the_same_paths(client, admin, seeded, db,
              f"bad-mailbox,{campaign_id},{vmta},"]
     lines += [f"t,{sid[e]},2026-12-01 10:00:02+0000,{e},,delayed,4.7.28,\"smtp;{GMAIL_DEFERRAL}\",,"
               f"{campaign_id},{vmta}," for e in emails[6:9]]
+    # A sender-class bounce (the domain's authentication fails) pauses a campaign still sending at once.
+    await db.execute("UPDATE campaigns SET status = 'sending' WHERE id = $1", campaign_id)
+    lines.append(f"b,{sid[emails[9]]},2026-12-01 10:00:03+0000,{emails[9]},,failed,5.7.26,\"smtp;550 5.7.26 "
+                 f"This mail is unauthenticated\",,{campaign_id},{vmta},")
     r = await client.post("/api/v2/feedback/pmta-accounting", headers={**admin, "Content-Type": "text/csv"},
                           content="\n".join([header, *lines]) + "\n")
     assert r.status_code == 200, r.text
@@ -411,6 +415,9 @@ async def test_accounting_records_take_the_same_paths(client, admin, seeded, db,
     assert (figures["results"], figures["hard_bounces"], figures["complaints"]) == (10, 1, 1), figures
     [hold] = (await client.get("/api/v2/ips/1/provider-holds", headers=admin)).json()
     assert (hold["ip_id"], hold["provider"], hold["active"]) == (ip_id, "gmail", True)
+    campaign = (await client.get(f"/api/v2/campaigns/1/{campaign_id}", headers=admin)).json()
+    assert campaign["status"] == "paused" and "5.7.26" in campaign["pause_reason"], campaign
+    assert emails[9] not in rows        # the sender's fault: nobody is suppressed for it
 
 
 async def test_damaged_reports_are_a_400_or_a_result_never_a_500(client, admin, seeded, db) -> None:
