@@ -304,10 +304,15 @@ async def test_a_sender_side_refusal_pauses_the_campaign_and_suppresses_nobody(c
 
 
 async def test_the_sending_policy_api(client, admin, seeded) -> None:
+    limits = {"campaign": {"hard_bounce_rate": 0.02, "complaint_rate": 0.001, "min_results": 200},
+              "ip": {"hard_bounce_rate": 0.05, "complaint_rate": 0.003, "min_results": 500},
+              "domain": {"hard_bounce_rate": 0.05, "complaint_rate": 0.003, "min_results": 500}}
     r = await client.get("/api/v2/tenants/1/sending-policy", headers=admin)
-    assert r.status_code == 200 and r.json() == {"mail_risky": True, "validation_wait_hours": 24.0}
+    assert r.status_code == 200
+    assert r.json() == {"mail_risky": True, "validation_wait_hours": 24.0, "auto_pause": limits}
     r = await client.patch("/api/v2/tenants/1/sending-policy", json={"mail_risky": False}, headers=admin)
-    assert r.status_code == 200 and r.json() == {"mail_risky": False, "validation_wait_hours": 24.0}
+    assert r.status_code == 200
+    assert r.json() == {"mail_risky": False, "validation_wait_hours": 24.0, "auto_pause": limits}
     r = await client.patch("/api/v2/tenants/1/sending-policy", json={"validation_wait_hours": 0}, headers=admin)
     assert r.status_code == 400 and "validation_wait_hours" in r.text
     r = await client.patch("/api/v2/tenants/1/sending-policy", json={"mail_risk": True}, headers=admin)
