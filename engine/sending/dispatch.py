@@ -4,7 +4,9 @@ Per row: the policy's checks (engine.sending.policy: erased, never-mail statuses
 a template for its language and category → it renders → a VMTA of the tenant has a token, recorded in the
 send log and the quota ledger before anything leaves (engine.sending.grants) → the transport's answer,
 classified by the one bounce table. Each step that stops a row records why; nothing raises past
-`process_batch`.
+`process_batch`. Each chunk's answers also move the automatic pauses' figures (engine.health: the campaign
+stops when it passes its tenant's limits) and count reputation deferrals for the provider holds
+(engine.sending.backoff), which the grant honours.
 
 The transport is anything with `send_many` (engine.sending.transport.Transport); the worker passes PowerMTA's
 injector. Rows move queued → claimed → sending → injected/deferred/failed/skipped; 'sending' is written
