@@ -32,6 +32,7 @@ from api import (
     ips,
     mailwizz,
     pmta,
+    reputation,
     suppressions,
     templates,
     tenants,
@@ -79,7 +80,7 @@ def controllers() -> Sequence[Any]:
     return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES,
             *suppressions.ROUTES, *templates.ROUTES, *ips.ROUTES, *domains.ROUTES, *warmup.ROUTES,
             *mailwizz.ROUTES, *feedback.ROUTES, *dns.ROUTES,
-            *pmta.ROUTES, *audit.ROUTES]
+            *pmta.ROUTES, *audit.ROUTES, *reputation.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),

@@ -1,4 +1,5 @@
-"""PowerMTA accounting files pushed over HTTP (the cron reads the same files from a directory)."""
+"""Feedback pushed over HTTP: PowerMTA accounting files (the cron reads the same files from a directory) and
+complaint reports (ARF, JMRP; the cron also reads them from the FBL mailbox's directory)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from litestar.openapi.spec import Example
 from litestar.params import QueryParameter
 
 from api.deps import Caller, Config, Db
-from engine import feedback
+from engine import complaints, feedback
+from engine.complaints import ComplaintReport, Outcome
 from engine.errors import Invalid
 from engine.feedback import AccountingFile
 from pmta import accounting
@@ -70,4 +72,47 @@ async def list_pmta_accounting_files(db: Db, caller: Caller,
     return await feedback.list_accounting_files(db, limit)
 
 
-ROUTES = [ingest_pmta_accounting, list_pmta_accounting_files]
+REPORT_TYPES = ("message/rfc822", "multipart/report")
+
+
+@post("/feedback/arf", operation_id="ingestComplaintReport", status_code=200,
+      summary="Apply a complaint report (ARF or JMRP)", tags=["feedback"], request_max_body_size=complaints.REPORT_MAX,
+      description="The body is one report: the whole report message as `message/rfc822` (an ARF "
+                  "`multipart/report; report-type=feedback-report` message, RFC 5965, or a Microsoft JMRP message "
+                  "with the original attached), or the multipart body itself as `multipart/report` with its "
+                  "boundary in Content-Type. The report is matched to its send row by the original message's "
+                  "X-Envelope-Id (or Original-Envelope-Id), else its Message-ID, else its X-Job or Feedback-ID "
+                  "with the recipient; a complaint then suppresses the address (reason `complaint`) and counts on "
+                  "the campaign, the IP and the sending domain. Unmatched reports are kept (list them with GET). "
+                  "A tenant key matches only its own tenant's messages. Sending the same report twice counts it "
+                  "once. A report that cannot be read is a 400 naming what is wrong, and nothing is written. "
+                  "An example ARF report: `multipart/report; report-type=feedback-report` with a text/plain part, a "
+                  "`message/feedback-report` part (`Feedback-Type: abuse`, `User-Agent: SomeGenerator/1.0`, "
+                  "`Version: 1`, `Original-Rcpt-To: <someone@example.com>`) and the original message as "
+                  "`message/rfc822`.")
+async def ingest_complaint_report(request: Request, db: Db, caller: Caller) -> Outcome:
+    kind = request.headers.get("content-type", "")
+    if kind.split(";", 1)[0].strip().lower() not in REPORT_TYPES:
+        raise Invalid(f"Content-Type: expected message/rfc822 or multipart/report, got {kind or 'none'!r}",
+                      field="Content-Type")
+    data = await request.body()
+    return await complaints.ingest_report(db, data, content_type=kind if kind.lower().startswith("multipart/") else None,
+                                          tenant_id=None if caller.admin else caller.tenant_id, source="api")
+
+
+@get("/feedback/arf", operation_id="listComplaintReports", summary="Complaint reports received", tags=["feedback"],
+     description="Newest first; pass the last id seen as `before` for the next page. A tenant key sees its "
+                 "tenant's reports (matched, and unmatched ones it posted); the admin sees every report, or one "
+                 "tenant's with `tenant_id`. `matched=false` lists the reports no send row was found for.")
+async def list_complaint_reports(
+    db: Db, caller: Caller,
+    tenant_id: Annotated[int | None, QueryParameter(gt=0, le=2**62)] = None,
+    matched: Annotated[bool | None, QueryParameter()] = None,
+    before: Annotated[int | None, QueryParameter(gt=0, le=2**62)] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+) -> list[ComplaintReport]:
+    scope = caller.scope(tenant_id) if tenant_id is not None else (None if caller.admin else caller.tenant_id)
+    return await complaints.list_reports(db, scope, matched=matched, before=before, limit=limit)
+
+
+ROUTES = [ingest_pmta_accounting, list_pmta_accounting_files, ingest_complaint_report, list_complaint_reports]

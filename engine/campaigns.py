@@ -248,6 +248,8 @@ async def transition(db: asyncpg.Connection, tenant_id: int, campaign_id: int, a
         raise Conflict(f"cannot {action} a campaign that is {current.status}", field="status")
     if action == "cancel":
         await db.execute(q("cancel-pending-sends"), campaign_id)
+    if action == "resume":
+        await db.execute(q("health-rearm"), "campaign", campaign_id)  # engine.health: the check starts afresh
     return await get_campaign(db, tenant_id, campaign_id)
 
 

@@ -11,8 +11,9 @@ from typing import Protocol
 import asyncpg
 import msgspec
 
-from engine import suppression
-from engine.sending import policy
+from engine import arf, complaints, health, suppression
+from engine.providers import provider_for_mx
+from engine.sending import backoff, policy
 from engine.sending.policy import BounceClass
 from engine.validation import normalise_email
 from sql import q
@@ -25,9 +26,9 @@ from sql import q
 # pmtabounce disables an address after 5 soft bounces (powermta.md §10.1).
 SOFT_BOUNCE_LIMIT = 5
 SOFT_CATEGORIES = policy.categories_of(BounceClass.SOFT)
-# ARF Feedback-Types (RFC 5965 §7.3, RFC 6591) that are not a recipient's complaint; everything else is,
-# including an empty type (JMRP and AOL's SComp reports often carry none).
-NOT_COMPLAINTS = frozenset({"not-spam", "auth-failure"})
+# ARF Feedback-Types that are not a recipient's complaint (engine.arf); everything else is, including an
+# empty type (JMRP and AOL's SComp reports often carry none).
+NOT_COMPLAINTS = arf.NOT_COMPLAINTS
 
 # Which send statuses each record may move a row from. A delivery never overwrites a bounce; a bounce may
 # follow a delivery (remote bounces, `rb`, arrive after the receiving MTA accepted the message). 'sending'
@@ -35,7 +36,7 @@ NOT_COMPLAINTS = frozenset({"not-spam", "auth-failure"})
 DELIVERABLE = ("sending", "injected", "deferred")
 BOUNCEABLE = ("sending", "injected", "deferred", "delivered")
 # Rows that really went out: only their bounces and complaints may suppress an address.
-SENT = ("sending", "injected", "deferred", "delivered", "bounced")
+SENT = complaints.SENT
 
 DETAIL_MAX = 1000
 _BOUNCE_ADDRESS = re.compile(r"^bounce-(\d{1,18})@", re.IGNORECASE)
@@ -166,9 +167,14 @@ async def apply_records(db: asyncpg.Connection, records: Sequence[Record]) -> Fe
     bounced_rows = await _mark(db, "feedback-mark-bounced", chosen["bounced"],
                                categories=[b.category for b in bounces.values()])
     transient = await _mark(db, "feedback-mark-transient", chosen["transient"])
-    complained = await db.fetch(q("feedback-mark-complained"), list(chosen["complaint"]),
-                                [r.time_logged for r in chosen["complaint"].values()])
-    suppressed = await _suppress(db, rows, chosen, bounces)
+    # A complaint is recorded by the one function every complaint path calls (engine.complaints).
+    recorded = await complaints.record_complaints(
+        db, [_complained_row(rows[sid]) for sid in chosen["complaint"]],
+        [r.time_logged for r in chosen["complaint"].values()], source=SOURCE)
+    complained = recorded.complained
+    suppressed = await _suppress(db, rows, chosen, bounces) + recorded.suppressed
+    await _count_hard(db, rows, {r["id"] for r in bounced_rows}, bounces, chosen["bounced"])
+    await _observe_deferrals(db, rows, chosen["transient"])
     changed = len(delivered) + len(bounced_rows) + len(transient) + len(complained)
     matched_records = len(records) - unmatched - mismatched - ignored
     return FeedbackReport(records=len(records), delivered=len(delivered), bounced=len(bounced_rows),
@@ -189,12 +195,48 @@ async def _mark(db: asyncpg.Connection, query: str, chosen: dict[int, Record], *
     return await db.fetch(q(query), *args)
 
 
+def _complained_row(row: asyncpg.Record) -> complaints.ComplainedRow:
+    return complaints.ComplainedRow(id=row["id"], tenant_id=row["tenant_id"], campaign_id=row["campaign_id"],
+                                    ip_id=row["ip_id"], status=row["status"], email=row["email"])
+
+
+async def _count_hard(db: asyncpg.Connection, rows: Mapping[int, asyncpg.Record], bounced: set[int],
+                      bounces: Mapping[int, policy.Classified], records: Mapping[int, Record]) -> None:
+    """Hard bounces PowerMTA reports after accepting the message count on the campaign, IP and domain
+    (their result was counted at injection); a sender-class bounce pauses its campaign at once."""
+    by_tenant: dict[int, list[tuple[int, int | None, int, int, int]]] = defaultdict(list)
+    sender: dict[int, tuple[int, str]] = {}
+    for sid in sorted(bounced):
+        row = rows[sid]
+        if bounces[sid].bounce_class is BounceClass.HARD:
+            by_tenant[row["tenant_id"]].append((row["campaign_id"], row["ip_id"], 0, 1, 0))
+        elif bounces[sid].bounce_class is BounceClass.SENDER and row["campaign_id"] not in sender:
+            record = records[sid]
+            sender[row["campaign_id"]] = (row["tenant_id"], f"PowerMTA bounced a message for the sender's fault: "
+                                                             f"{record.dsn_status} {record.dsn_diag}".strip())
+    for tenant_id, entries in by_tenant.items():
+        await health.record(db, tenant_id, health.tallies(entries))
+    for campaign_id, (tenant_id, reason) in sender.items():
+        await health.pause_campaign(db, tenant_id, campaign_id, reason)
+
+
+async def _observe_deferrals(db: asyncpg.Connection, rows: Mapping[int, asyncpg.Record],
+                             transient: Mapping[int, Record]) -> None:
+    """PowerMTA's deferrals (`t` records) feed the provider-aware backoff like the replies at injection."""
+    by_tenant: dict[int, list[tuple[int, str, str]]] = defaultdict(list)
+    for sid, record in transient.items():
+        row = rows[sid]
+        if row["ip_id"] is not None:
+            by_tenant[row["tenant_id"]].append((row["ip_id"], provider_for_mx(row["mx_host"]), record.dsn_diag))
+    for tenant_id, seen in by_tenant.items():
+        await backoff.observe(db, tenant_id, seen)
+
+
 async def _suppress(db: asyncpg.Connection, rows: Mapping[int, asyncpg.Record],
                     chosen: Mapping[str, dict[int, Record]], bounces: Mapping[int, policy.Classified]) -> int:
-    """Hard bounces and complaints suppress the contact's stored address in the send row's tenant."""
+    """Hard bounces suppress the contact's stored address in the send row's tenant."""
     hard: dict[int, list[str]] = defaultdict(list)
     soft: dict[int, list[int]] = defaultdict(list)
-    complaints: dict[int, list[str]] = defaultdict(list)
     for sid, found in bounces.items():
         row = rows[sid]
         if row["status"] not in SENT or row["email"] is None:
@@ -204,19 +246,14 @@ async def _suppress(db: asyncpg.Connection, rows: Mapping[int, asyncpg.Record],
             hard[row["tenant_id"]].append(row["email"])
         elif bounce_class is BounceClass.SOFT:
             soft[row["tenant_id"]].append(row["contact_id"])
-    for sid in chosen["complaint"]:
-        row = rows[sid]
-        if row["status"] in SENT and row["email"] is not None:
-            complaints[row["tenant_id"]].append(row["email"])
     for tenant_id, contact_ids in soft.items():
         worn = await db.fetch(q("feedback-soft-bounced-contacts"), tenant_id, contact_ids, SOFT_CATEGORIES,
                               SOFT_BOUNCE_LIMIT)
         hard[tenant_id].extend(r["email"] for r in worn)
     total = 0
-    for reason, by_tenant in (("hard_bounce", hard), ("complaint", complaints)):
-        for tenant_id, emails in by_tenant.items():
-            report = await suppression.add_suppressions(db, tenant_id, emails, reason=reason, source=SOURCE)
-            total += report.added + report.upgraded
+    for tenant_id, emails in hard.items():
+        report = await suppression.add_suppressions(db, tenant_id, emails, reason="hard_bounce", source=SOURCE)
+        total += report.added + report.upgraded
     return total
 
 

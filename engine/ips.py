@@ -153,6 +153,7 @@ async def change_status(db: asyncpg.Connection, tenant_id: int, ip_id: int, acti
         new = {"pause": IpStatus.PAUSED, "retire": IpStatus.RETIRED, "blacklist": IpStatus.BLACKLISTED}.get(action)
         if new is None:
             new = IpStatus.WARMING if row["phase"] == "warming" else IpStatus.ACTIVE
+            await db.execute(q("health-rearm"), "ip", ip_id)  # engine.health: the check starts afresh
         return Ip(**await db.fetchrow(q("set-ip-status"), tenant_id, ip_id, new.value, reason))
 
 

@@ -34,6 +34,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     warmup_hour: int = 6                # hour (tenant's timezone) at which the daily warmup runs
     worker_timeout: int = 10            # seconds a sending worker may go unheard before its rows are taken back
     pmta_accounting_dir: Path | None = None  # PowerMTA's accounting files (acct-*.csv), read every minute
+    arf_dir: Path | None = None         # the FBL mailbox's complaint reports (maildir or *.eml), read every minute
     log_level: str = "INFO"
     # PowerMTA config generation (pmta/generate.py): where the worker keeps the generated file (None: it
     # does not), where the DKIM private keys go, what to run after a change, who may inject.
@@ -111,6 +112,7 @@ _PARSERS: dict[str, tuple[str, Any]] = {
     "WARMUP_HOUR": ("warmup_hour", lambda n, v: _int(n, v, 0, 23)),
     "WORKER_TIMEOUT": ("worker_timeout", lambda n, v: _int(n, v, 2, 3600)),
     "PMTA_ACCOUNTING_DIR": ("pmta_accounting_dir", lambda n, v: Path(v)),
+    "ARF_DIR": ("arf_dir", lambda n, v: Path(v)),
     "PMTA_CONFIG": ("pmta_config_file", lambda n, v: Path(v)),
     "PMTA_DKIM_DIR": ("pmta_dkim_dir", lambda n, v: Path(v)),
     "PMTA_RELOAD": ("pmta_reload", lambda n, v: v),

@@ -12,7 +12,7 @@ import msgspec
 
 from engine import secrets
 from engine.errors import Conflict, NotFound
-from engine.sending.policy import TenantPolicy
+from engine.sending.policy import AutoPause, TenantPolicy
 from sql import q
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -83,6 +83,22 @@ class SendingPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
     mail_risky: bool = True
     validation_wait_hours: float = 24.0
+    auto_pause: AutoPause = AutoPause()
+
+
+class LimitsPatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    hard_bounce_rate: Annotated[float, msgspec.Meta(ge=0, le=1, examples=[0.02],
+                                                    description="hard bounces per final result")] | None = None
+    complaint_rate: Annotated[float, msgspec.Meta(ge=0, le=1, examples=[0.001],
+                                                  description="complaints per final result")] | None = None
+    min_results: Annotated[int, msgspec.Meta(ge=1, le=10_000_000, examples=[200],
+                                             description="final results before the rates are judged")] | None = None
+
+
+class AutoPausePatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    campaign: LimitsPatch | None = None
+    ip: LimitsPatch | None = None
+    domain: LimitsPatch | None = None
 
 
 class SendingPolicyPatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -91,12 +107,16 @@ class SendingPolicyPatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     validation_wait_hours: Annotated[float, msgspec.Meta(
         gt=0, le=720, examples=[24], description="how long a campaign row waits for its contact's "
         "validation before it is skipped; default 24")] | None = None
+    auto_pause: Annotated[AutoPausePatch, msgspec.Meta(
+        description="when a campaign (whole run), an IP or a sending domain (rolling 24 h) pauses itself; "
+        "only the limits given change")] | None = None
 
 
 def sending_policy(settings: dict) -> SendingPolicy:
     read = TenantPolicy.from_settings(settings)  # the one reading of these knobs
     return SendingPolicy(mail_risky=read.mail_risky,
-                         validation_wait_hours=read.validation_wait.total_seconds() / 3600)
+                         validation_wait_hours=read.validation_wait.total_seconds() / 3600,
+                         auto_pause=read.auto_pause)
 
 
 async def get_sending_policy(db: asyncpg.Connection, tenant_id: int) -> SendingPolicy:
@@ -107,6 +127,14 @@ async def get_sending_policy(db: asyncpg.Connection, tenant_id: int) -> SendingP
 async def patch_sending_policy(db: asyncpg.Connection, tenant_id: int, patch: SendingPolicyPatch) -> SendingPolicy:
     await get_tenant(db, tenant_id)
     changes = {k: v for k, v in msgspec.structs.asdict(patch).items() if v is not None}
+    if patch.auto_pause is not None:
+        # Limits merge one level down: changing a campaign's rate keeps the IP's and the domain's.
+        stored = (await tenant_settings(db, tenant_id)).get("auto_pause") or {}
+        changes["auto_pause"] = {**stored, **{
+            target: {**(stored.get(target) or {}), **{k: v for k, v in msgspec.structs.asdict(given).items()
+                                                       if v is not None}}
+            for target in AutoPausePatch.__struct_fields__
+            if (given := getattr(patch.auto_pause, target)) is not None}}
     return sending_policy(await db.fetchval(q("merge-tenant-settings"), tenant_id, changes))
 
 

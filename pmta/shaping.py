@@ -25,6 +25,7 @@ ACTIONS = frozenset({"mode=normal", "mode=backoff", "skip-mx", "bounce-queue", "
 class Pattern(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reply: str
     action: str
+    hold: str | None = None   # the engine's provider hold (engine/sending/backoff.py); not rendered
 
 
 class Defaults(msgspec.Struct, frozen=True, kw_only=True, rename="kebab", forbid_unknown_fields=True):
@@ -33,6 +34,9 @@ class Defaults(msgspec.Struct, frozen=True, kw_only=True, rename="kebab", forbid
     bounce_after: str
     backoff_retry_after: str
     backoff_to_normal_after: str
+    hold_after: int = 3
+    hold_window: str = "10m"
+    hold_max: str = "24h"
     patterns: list[Pattern] = []
 
 
@@ -88,9 +92,14 @@ def _check_pattern(pattern: Pattern, where: str) -> None:
     if re.search(r"(?<!\\)/", pattern.reply) or "\n" in pattern.reply or not pattern.reply:
         raise ShapingError(f"{where}: pattern {pattern.reply!r} may not be empty or hold / or a line break")
     check_action(pattern.action)
+    if pattern.hold is not None and not TIME.match(pattern.hold):
+        raise ShapingError(f"{where}: pattern {pattern.reply!r}: hold {pattern.hold!r} is not a time such as 1h")
 
 
 def check(shaping: Shaping) -> None:
+    d = shaping.defaults
+    if d.hold_after < 1 or not TIME.match(d.hold_window) or not TIME.match(d.hold_max):
+        raise ShapingError("defaults: hold-after is at least 1, hold-window and hold-max are times such as 1h")
     for pattern in shaping.defaults.patterns:
         _check_pattern(pattern, "defaults")
     seen_names, seen_domains = {GENERAL}, set()

@@ -7,6 +7,7 @@ from enum import StrEnum
 from engine.campaigns import CampaignStatus, CampaignTransport, SendStatus
 from engine.contacts import ContactStatus
 from engine.data_sources import DataSourceKind
+from engine.health import Scope as HealthScope
 from engine.imports import ImportStatus
 from engine.ips import IpStatus
 from engine.sending.grants import QuotaScope
@@ -18,6 +19,7 @@ PYTHON: dict[str, type[StrEnum]] = {
     "campaign_transport": CampaignTransport,
     "contact_status": ContactStatus,
     "data_source_kind": DataSourceKind,
+    "health_scope": HealthScope,
     "import_status": ImportStatus,
     "ip_status": IpStatus,
     "quota_scope": QuotaScope,

@@ -290,6 +290,8 @@ async def test_a_sender_side_refusal_pauses_the_campaign_and_suppresses_nobody(c
         assert not server.messages
     reason = await db.fetchval("SELECT pause_reason FROM campaigns WHERE id = $1", campaign_id)
     assert "5.1.7" in reason and "Sender address rejected" in reason
+    alert = await db.fetchrow("SELECT kind, detail FROM alert_events WHERE subject = $1", f"campaign:{campaign_id}")
+    assert alert["kind"] == "campaign_auto_paused" and alert["detail"]["reason"] == reason
     assert await db.fetchval("SELECT count(*) FROM suppressions WHERE tenant_id = 1") == 0
     counts = await send_counts(db, campaign_id)
     # the chunk that met the refusal failed with it; every other row waits, untouched, for a resume
@@ -302,10 +304,15 @@ async def test_a_sender_side_refusal_pauses_the_campaign_and_suppresses_nobody(c
 
 
 async def test_the_sending_policy_api(client, admin, seeded) -> None:
+    limits = {"campaign": {"hard_bounce_rate": 0.02, "complaint_rate": 0.001, "min_results": 200},
+              "ip": {"hard_bounce_rate": 0.05, "complaint_rate": 0.003, "min_results": 500},
+              "domain": {"hard_bounce_rate": 0.05, "complaint_rate": 0.003, "min_results": 500}}
     r = await client.get("/api/v2/tenants/1/sending-policy", headers=admin)
-    assert r.status_code == 200 and r.json() == {"mail_risky": True, "validation_wait_hours": 24.0}
+    assert r.status_code == 200
+    assert r.json() == {"mail_risky": True, "validation_wait_hours": 24.0, "auto_pause": limits}
     r = await client.patch("/api/v2/tenants/1/sending-policy", json={"mail_risky": False}, headers=admin)
-    assert r.status_code == 200 and r.json() == {"mail_risky": False, "validation_wait_hours": 24.0}
+    assert r.status_code == 200
+    assert r.json() == {"mail_risky": False, "validation_wait_hours": 24.0, "auto_pause": limits}
     r = await client.patch("/api/v2/tenants/1/sending-policy", json={"validation_wait_hours": 0}, headers=admin)
     assert r.status_code == 400 and "validation_wait_hours" in r.text
     r = await client.patch("/api/v2/tenants/1/sending-policy", json={"mail_risk": True}, headers=admin)

@@ -4,7 +4,9 @@ Per row: the policy's checks (engine.sending.policy: erased, never-mail statuses
 a template for its language and category → it renders → a VMTA of the tenant has a token, recorded in the
 send log and the quota ledger before anything leaves (engine.sending.grants) → the transport's answer,
 classified by the one bounce table. Each step that stops a row records why; nothing raises past
-`process_batch`.
+`process_batch`. Each chunk's answers also move the automatic pauses' figures (engine.health: the campaign
+stops when it passes its tenant's limits) and count reputation deferrals for the provider holds
+(engine.sending.backoff), which the grant honours.
 
 The transport is anything with `send_many` (engine.sending.transport.Transport); the worker passes PowerMTA's
 injector. Rows move queued → claimed → sending → injected/deferred/failed/skipped; 'sending' is written
@@ -25,13 +27,13 @@ import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
-from engine import campaigns, suppression, unsubscribe
+from engine import campaigns, health, suppression, unsubscribe
 from engine.campaigns import Campaign, CampaignStatus, SendStatus
 from engine.errors import Invalid
 from engine.layout import RenderedEmail, render_email
 from engine.providers import provider_for_mx
 from engine.rendering import CompiledTemplate, MissingVariable, TemplateRejected, render_context
-from engine.sending import grants, messages, policy, sends
+from engine.sending import backoff, grants, messages, policy, sends
 from engine.sending.grants import Item
 from engine.sending.policy import BounceClass, Hold, Skip, TenantPolicy
 from engine.sending.retry import next_retry_delay
@@ -250,6 +252,10 @@ async def process_batch(ctx: Context, batch: Batch, tenant: TenantPolicy, book: 
         campaign_id=campaign.id, daily_cap=campaign.daily_cap, day=batch.day, day_ends_in=batch.day_ends_in,
         items=[(p, p.item()) for p in ready])
     await sends.release(ctx.pool, campaign.id, ctx.worker_id, [_held(p.row) for p in granted.short])
+    # Rows for a provider every IP rests from (engine.sending.backoff) wait for the hold to end, no attempt
+    # counted, so the rows of other providers behind them keep flowing.
+    await sends.release(ctx.pool, campaign.id, ctx.worker_id, [_held(p.row) for p in granted.held],
+                        retry_at=granted.held_until)
     wait = await _inject(ctx, batch, granted.picked)
     if granted.short:
         wait = max(wait, granted.wait if math.isfinite(granted.wait) else ctx.tuning.max_wait)
@@ -294,6 +300,10 @@ class Results(msgspec.Struct, kw_only=True):
     hard_bounced: list[str]
     sender_fault: str | None
     in_doubt: int = 0       # written to the server, answer never read: it may have accepted them
+    # (ip_id, results, hard bounces) of final answers, for the automatic pauses (engine.health)
+    final: list[tuple[int, int, int]] = msgspec.field(default_factory=list)
+    # (ip_id, provider, reply) of refusals, for the provider-aware backoff (engine.sending.backoff)
+    refusals: list[tuple[int, str, str]] = msgspec.field(default_factory=list)
 
 
 async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, str]]) -> float:
@@ -331,6 +341,10 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
             _keep_marked(upcoming, marked)
         results = _sort_results(ctx, chunk, answers)
         pending = [*to_record, *results.outcomes]
+        # The campaign's, its IPs' and its domain's figures move with every chunk; past a limit they pause.
+        paused = await health.record(ctx.pool, campaign.tenant_id, health.tallies(
+            [(campaign.id, ip_id, n, hard, 0) for ip_id, n, hard in results.final]))
+        await backoff.observe(ctx.pool, campaign.tenant_id, results.refusals)
         if results.in_doubt:
             # retried like any soft failure; counted, since the server may have taken them before the cut
             await ctx.pool.execute(q("count-in-doubt"), campaign.id, results.in_doubt)
@@ -342,8 +356,10 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
         stop = None
         if results.sender_fault is not None:
             stop = f"paused: {results.sender_fault}"
-            await ctx.pool.execute(q("pause-campaign-itself"), campaign.id, results.sender_fault[:500])
+            await health.pause_campaign(ctx.pool, campaign.tenant_id, campaign.id, results.sender_fault)
             log.error("campaign %s paused: %s", campaign.id, results.sender_fault)
+        elif any(p.scope is health.Scope.CAMPAIGN and p.scope_id == campaign.id for p in paused):
+            stop = "paused: its figures passed the tenant's limits"
         elif results.untouched and len(results.untouched) == len(chunk.outgoing):
             stop = "the transport is unreachable"
             wait = ctx.tuning.unreachable_retry
@@ -424,12 +440,16 @@ def _sort_results(ctx: Context, chunk: Chunk, results: list[SendResult]) -> Resu
                   "enhanced": result.enhanced or None, "detail": result.text[:500] or None}
         if result.outcome is Outcome.SENT:
             out.outcomes.append(sends.Outcome(status=SendStatus.INJECTED, **common))
+            out.final.append((ip_id, 1, 0))
             continue
         if not result.code:
             out.in_doubt += 1
+        else:
+            out.refusals.append((ip_id, p.provider, f"{result.code} {result.enhanced} {result.text}"))
         found = policy.classify(result.code, result.enhanced, result.text)
         if result.outcome is Outcome.HARD:
             out.outcomes.append(sends.Outcome(status=SendStatus.FAILED, category=found.category, **common))
+            out.final.append((ip_id, 1, int(found.bounce_class is BounceClass.HARD)))
             if found.bounce_class is BounceClass.HARD and row.email:
                 out.hard_bounced.append(row.email)
             elif found.bounce_class is BounceClass.SENDER and out.sender_fault is None:
@@ -440,6 +460,7 @@ def _sort_results(ctx: Context, chunk: Chunk, results: list[SendResult]) -> Resu
         if delay is None:
             out.outcomes.append(sends.Outcome(status=SendStatus.FAILED, category=found.category,
                                               **{**common, "detail": f"retries exhausted: {result.text}"[:500]}))
+            out.final.append((ip_id, 1, 0))
             continue
         out.outcomes.append(sends.Outcome(status=SendStatus.DEFERRED, category=found.category,
                                           next_attempt_at=_now() + dt.timedelta(seconds=delay), **common))

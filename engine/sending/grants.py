@@ -24,8 +24,8 @@ from redis.asyncio import Redis
 
 from engine import ips
 from engine.providers import default_cap as cap_for
-from engine.sending import quotas, sends
-from engine.sending.rotation import Candidate, Rotator, Wait
+from engine.sending import backoff, quotas, sends
+from engine.sending.rotation import ELIGIBLE, Candidate, Rotator, Wait
 from sql import q
 
 # The two-int advisory lock space of grant locks ("gr"); the second key is the tenant.
@@ -95,6 +95,10 @@ class Granted(msgspec.Struct, Generic[T], kw_only=True):
     picked: list[tuple[T, int, str]]
     short: list[T]
     wait: float
+    # rows for a provider every IP of the tenant is held for (engine.sending.backoff): they wait until
+    # `held_until`, the first of those holds to end
+    held: list[T] = msgspec.field(default_factory=list)
+    held_until: dt.datetime | None = None
 
 
 async def grant(pool: asyncpg.Pool, redis: Redis, rotator: Rotator, namespace: str, worker_id: str, *,
@@ -127,12 +131,25 @@ async def grant(pool: asyncpg.Pool, redis: Redis, rotator: Rotator, namespace: s
             ledger.took(IP, ip_id, n)
 
         candidates = await ips.sending_candidates(db, tenant_id, day) if wanted else []
+        holds = await backoff.held(db, tenant_id) if wanted else {}
         by_provider: dict[str, list[tuple[T, Item]]] = {}
         for entry in wanted:
             by_provider.setdefault(entry[1].provider, []).append(entry)
         picked: list[tuple[T, Item, int, str]] = []
+        held: list[T] = []
+        held_until: dt.datetime | None = None
         for provider, group in by_provider.items():
-            picks = await rotator.pick(redis, tenant_id, candidates, len(group), day=day_key,
+            resting = holds.get(provider, {})
+            usable = [c for c in candidates if c.ip_id not in resting]
+            sendable = {c.ip_id for c in candidates if c.status in ELIGIBLE}
+            if sendable and sendable <= resting.keys():
+                # Every IP that could take them rests from this provider: the rows wait for the first to
+                # come back (their campaign tokens go back with the unused ones below).
+                held.extend(value for value, _ in group)
+                first = min(resting[ip_id] for ip_id in sendable)
+                held_until = first if held_until is None else min(held_until, first)
+                continue
+            picks = await rotator.pick(redis, tenant_id, usable, len(group), day=day_key,
                                        day_ends_in=day_ends_in, provider=provider, provider_cap=cap_for(provider),
                                        used_today=ip_used, on_grant=on_grant)
             if isinstance(picks, Wait):
@@ -153,7 +170,7 @@ async def grant(pool: asyncpg.Pool, redis: Redis, rotator: Rotator, namespace: s
                       campaign=(campaign_id, unused_campaign) if daily_cap is not None else None)
         await ledger.flush()
     return Granted(picked=[(value, ip_id, vmta) for value, item, ip_id, vmta in picked if item.held.id in stamped],
-                   short=short, wait=wait)
+                   short=short, wait=wait, held=held, held_until=held_until)
 
 
 async def give_back(pool: asyncpg.Pool, redis: Redis, rotator: Rotator, namespace: str, worker_id: str, *,

@@ -15,13 +15,14 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import msgspec
 
 from engine import dns_checks
 from engine.contacts import ContactStatus
+from sql import q
 
 
 class BounceClass(StrEnum):
@@ -44,18 +45,58 @@ VALIDATION_RECHECK_SECONDS = 60.0
 DEFAULT_VALIDATION_WAIT = dt.timedelta(hours=24)
 
 
+class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """When a campaign, an IP or a sending domain pauses itself: a rate of its final results passed."""
+
+    hard_bounce_rate: Annotated[float, msgspec.Meta(ge=0, le=1)]
+    complaint_rate: Annotated[float, msgspec.Meta(ge=0, le=1)]
+    # below this many final results the rates say too little (a sender-class refusal pauses at once anyway)
+    min_results: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
+
+
+class AutoPause(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The tenant's limits per target: a campaign over its whole run, an IP and a domain over 24 hours."""
+
+    # 2% hard bounces once 200 results are in: Woodpecker's Bounce Shield threshold (deliverability.md §4),
+    # counted after more results than its 20 so one unlucky chunk does not stop a campaign; 0.1% complaints:
+    # Gmail's "keep it below 0.1%" (§1.1, and the engine requirement in §1.4).
+    campaign: Limits = Limits(hard_bounce_rate=0.02, complaint_rate=0.001, min_results=200)
+    # An IP or a domain carries every campaign of the tenant: it stops at the warmup's step-back line (5%
+    # bounces, engine.warmup.Thresholds) and at 0.3% complaints, the Gmail and Yahoo hard limit (§1.1-1.2).
+    ip: Limits = Limits(hard_bounce_rate=0.05, complaint_rate=0.003, min_results=500)
+    domain: Limits = Limits(hard_bounce_rate=0.05, complaint_rate=0.003, min_results=500)
+
+
 class TenantPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """The tenant's knobs (tenants.settings) that the checks read."""
 
     mail_risky: bool = True
     validation_wait: dt.timedelta = DEFAULT_VALIDATION_WAIT
+    auto_pause: AutoPause = AutoPause()
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None) -> TenantPolicy:
         settings = settings or {}
         hours = settings.get("validation_wait_hours")
         return cls(mail_risky=bool(settings.get("mail_risky", True)),
-                   validation_wait=dt.timedelta(hours=float(hours)) if hours is not None else DEFAULT_VALIDATION_WAIT)
+                   validation_wait=dt.timedelta(hours=float(hours)) if hours is not None else DEFAULT_VALIDATION_WAIT,
+                   auto_pause=auto_pause(settings.get("auto_pause")))
+
+
+def auto_pause(stored: Mapping[str, Any] | None) -> AutoPause:
+    """The stored overrides ({"campaign": {"hard_bounce_rate": 0.05}, ...}) over the defaults; a broken
+    override falls back to the default of its target, never to no limit at all."""
+    default = AutoPause()
+    if not stored:
+        return default
+    found = {}
+    for target in AutoPause.__struct_fields__:
+        base = msgspec.structs.asdict(getattr(default, target))
+        try:
+            found[target] = msgspec.convert({**base, **(stored.get(target) or {})}, Limits)
+        except (msgspec.ValidationError, TypeError):
+            found[target] = getattr(default, target)
+    return AutoPause(**found)
 
 
 class Row(msgspec.Struct, frozen=True, kw_only=True):
@@ -223,5 +264,11 @@ def categories_of(bounce_class: BounceClass) -> list[str]:
 
 async def sender_hold(db: Any, tenant_id: int, from_email: str) -> str | None:
     """Why the campaign's From domain may not send now (a wrong SPF or DKIM record, a domain blocklist
-    listing: engine.dns_checks), or None. Both transports ask before handing anything over."""
-    return await dns_checks.sending_hold(db, tenant_id, from_email)
+    listing: engine.dns_checks; the domain paused itself: engine.health), or None. Both transports ask before
+    handing anything over."""
+    hold = await dns_checks.sending_hold(db, tenant_id, from_email)
+    if hold is not None:
+        return hold
+    domain = from_email.rpartition("@")[2].strip().rstrip(".").lower()
+    paused = await db.fetchval(q("health-domain-paused"), tenant_id, domain)
+    return None if paused is None else f"domain {domain} is paused: {paused}"

@@ -1,7 +1,7 @@
 -- name: feedback-send-rows
 -- The send rows a batch of records names, with the contact's stored address: the tenant, the campaign and
 -- the recipient are taken from here, never from the record (an ENVID only points at a row).
-SELECT s.id, s.tenant_id, s.campaign_id, s.contact_id, s.status::text AS status, c.email
+SELECT s.id, s.tenant_id, s.campaign_id, s.contact_id, s.ip_id, s.status::text AS status, c.email, c.mx_host
 FROM sends s
 LEFT JOIN contacts c ON c.id = s.contact_id AND c.tenant_id = s.tenant_id
 WHERE s.id = ANY($1::bigint[]);
