@@ -19,6 +19,7 @@ from engine import audit
 from engine.unsubscribe import make_token
 from tests.conftest import ADMIN_KEY, SECRET_KEY, tenant_key
 from tests.dnsserver import DnsServer
+from tests.test_feedback_loop import arf
 
 DRAFT = {"tenant_id": 1, "name": "Avocats FR", "from_name": "SOS-Expat", "from_email": "hello@sos-expat-mail-01.example",
          "category": "avocat", "audience": {"tags": ["avocat"]}}
@@ -140,6 +141,7 @@ async def test_every_mutating_operation_leaves_exactly_one_audit_row(walk_client
                headers=sos)
     await call("POST", f"/api/v2/domains/1/{did}/dns/check", headers=sos)
     await call("POST", f"/api/v2/domains/1/{did}/release", headers=admin)
+    await call("POST", f"/api/v2/domains/1/{did}/resume", headers=sos)
     await call("DELETE", f"/api/v2/domains/1/{did}", headers=sos)
     await call("PUT", "/api/v2/dns/policy/1", json={"dmarc_policy": "quarantine"}, headers=sos)
     await call("PUT", "/api/v2/mailwizz/1", headers=sos, json={
@@ -147,6 +149,9 @@ async def test_every_mutating_operation_leaves_exactly_one_audit_row(walk_client
         "private_key": MAILWIZZ_PRIVATE, "list_uid": "ab12cd34ef567"})
     await call("POST", "/api/v2/feedback/pmta-accounting", content=ACCOUNTING_HEADER.encode(),
                headers={**admin, "Content-Type": "text/csv"})
+    original = b"From: news@sos-expat-mail.example\r\nTo: p4@firm.example\r\nMessage-ID: <nobody@example>\r\n\r\nHi\r\n"
+    await call("POST", "/api/v2/feedback/arf", content=arf(original, rcpt="p4@firm.example"),
+               headers={**sos, "Content-Type": "message/rfc822"})
     token = make_token(SECRET_KEY, tenant_id=1, email="p3@firm.example")
     await call("POST", f"/u/{token}", content=b"List-Unsubscribe=One-Click",
                headers={"Content-Type": "application/x-www-form-urlencoded"})
