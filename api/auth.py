@@ -7,7 +7,7 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from engine import errors, tenants
+from engine import errors, logs, tenants
 from engine.secrets import keys_match
 
 # Paths that authenticate otherwise (HMAC webhooks, signed unsubscribe tokens) or not at all (probes, docs).
@@ -52,6 +52,7 @@ class BearerAuth(AbstractAuthenticationMiddleware):
         tenant_id = await tenants.authenticate(state.pool, key)
         if tenant_id is None:
             raise errors.Unauthorized("invalid or revoked API key")
+        logs.tenant_id.set(tenant_id)
         return AuthenticationResult(user=Principal(tenant_id=tenant_id), auth=key)
 
 
