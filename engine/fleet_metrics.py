@@ -37,6 +37,11 @@ CAMPAIGN_DAYS = 7
 STORE_TIMEOUT = 5.0
 CACHE_SECONDS = 2.0
 
+# Alert event kinds whose counters start at zero for every tenant, so that `increase()` sees the first event
+# of a kind (a series that appears at 1 has no increase). Other kinds appear with their first event.
+ALERT_KINDS = ("campaign_auto_paused", "ip_paused", "domain_paused", "provider_backoff", "blocklist_listing")
+ENGINE_ALERT_KINDS = ("pmta_reload_failed",)   # tenant "" : about the engine as a whole
+
 # The label sets of the send-log series (`class` is added for bounced and failed rows).
 SEND_LABELS = ["tenant", "campaign", "vmta", "provider"]
 
@@ -177,8 +182,12 @@ async def read_postgres(db: asyncpg.Connection, *, worker_timeout: float,
         families += await _domains(db, listings)
         alerts = CounterMetricFamily("email_engine_alert_events", "Alert events raised (pauses, blocklist "
                                      "listings, failed reloads...) by kind", labels=["tenant", "kind"])
+        raised = {(str(t["id"]), kind): 0 for t in tenants for kind in ALERT_KINDS}
+        raised |= {("", kind): 0 for kind in ENGINE_ALERT_KINDS}
         for r in await db.fetch(q("metrics-alert-events")):
-            alerts.add_metric([r["tenant"], r["kind"]], r["n"])
+            raised[(r["tenant"], r["kind"])] = r["n"]
+        for (tenant, kind), n in sorted(raised.items()):
+            alerts.add_metric([tenant, kind], n)
         workers = GaugeMetricFamily("email_engine_workers_alive", "Sending workers whose heartbeat is fresh")
         workers.add_metric([], len(await sends.live_workers(db, worker_timeout)))
         families += [alerts, workers]
