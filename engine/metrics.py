@@ -18,10 +18,21 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.registry import CollectorRegistry
 
 log = logging.getLogger(__name__)
+
+# No `_created` series next to every counter and histogram: Prometheus' text format does not use them and
+# they would double the series count.
+disable_created_metrics()
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

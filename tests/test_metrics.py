@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 from collections import defaultdict
+from pathlib import Path
 
 import asyncpg
 import msgspec
@@ -44,6 +46,29 @@ async def metrics_now(client, admin):
     """GET /metrics with a fresh reading of the stores (as once the two-second cache has expired)."""
     client.app.state.fleet_metrics = None
     return await client.get("/metrics", headers=admin)
+
+
+def readme_metrics() -> dict[str, tuple[str, set[str]]]:
+    """The README's table of metrics: name -> (type, label names)."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = re.findall(r"^\| `(email_engine_[a-z_]+)` \| (\w+) \| ([a-z, ]*?) ?\|", text, re.MULTILINE)
+    return {name: (kind, {x.strip() for x in labels.split(",") if x.strip()}) for name, kind, labels in rows}
+
+
+def check_readme(text: str) -> None:
+    """Every metric the engine declares is in the README with its type and labels, and nothing else is."""
+    listed = readme_metrics()
+    declared = {}
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith("email_engine_"):
+            continue
+        name = family.name + ("_total" if family.type == "counter" else "")
+        labels = {k for sample in family.samples for k in sample.labels if k not in ("le", "quantile")}
+        declared[name] = family.type
+        assert name in listed, f"{name} is not in the README"
+        if family.samples:
+            assert listed[name] == (family.type, labels), name
+    assert set(listed) == set(declared), set(listed) ^ set(declared)
 
 
 def keyed(rows, *names: str) -> dict[tuple, float]:
@@ -166,6 +191,7 @@ async def test_metrics_after_a_campaign_equal_the_send_log(client, admin, seeded
     assert ingested[(("outcome", "created"), ("source", "1"), ("tenant", "1"))] >= 60
     assert got["email_engine_store_up"] == {(("store", "postgresql"),): 1.0, (("store", "redis"),): 1.0}
     assert got["email_engine_tenant_info"][(("name", "SOS-Expat"), ("tenant", "1"))] == 1
+    check_readme(response.text)
 
 
 async def test_metrics_need_the_admin_key(client, admin, seeded) -> None:
@@ -250,3 +276,37 @@ def test_the_log_format_setting() -> None:
         assert str(exc) == "EMAIL_ENGINE_LOG_FORMAT: expected text or json, got 'xml'"
     else:
         raise AssertionError("a bad log format was accepted")
+
+
+async def test_jobs_are_counted_by_name_and_outcome(settings, redis) -> None:
+    from arq.connections import ArqRedis
+    from prometheus_client import REGISTRY
+
+    from tests.conftest import SECRET_KEY
+    from workers.main import create_worker
+
+    def count(outcome: str) -> float:
+        return REGISTRY.get_sample_value("email_engine_jobs_total", {"job": "ping", "outcome": outcome}) or 0.0
+
+    ok, failed = count("ok"), count("failed")
+    arq = ArqRedis(connection_pool=redis.connection_pool)
+    await arq.enqueue_job("ping", _queue_name=settings.queue_name)
+    await arq.enqueue_job("ping", "an argument ping does not take", _queue_name=settings.queue_name)
+    worker = create_worker(settings, secret_key=SECRET_KEY, burst=True, handle_signals=False, max_tries=1,
+                           cron_jobs=None)
+    try:
+        await worker.async_run()
+    finally:
+        await worker.close()
+    assert (count("ok") - ok, count("failed") - failed) == (1, 1)
+    assert REGISTRY.get_sample_value("email_engine_job_seconds_count", {"job": "ping"}) >= 2
+
+
+def test_up_gives_each_worker_its_own_metrics_port(settings, monkeypatch) -> None:
+    from api.cli import _children
+
+    monkeypatch.delenv("EMAIL_ENGINE_WORKER_METRICS_PORT", raising=False)
+    specs, _ = _children(msgspec.structs.replace(settings, worker_metrics_port=9500), workers=2, standin=False)
+    assert [s.env["EMAIL_ENGINE_WORKER_METRICS_PORT"] for s in specs] == ["9500", "9501"]
+    specs, _ = _children(settings, workers=1, standin=False)
+    assert "EMAIL_ENGINE_WORKER_METRICS_PORT" not in specs[0].env
