@@ -22,7 +22,7 @@ def _fleet(state: State, settings: Config) -> FleetMetrics:
      description="The send log's counts (injected, delivered, bounced by class, complained, failed, skipped "
                  "per tenant, campaign, VMTA and mailbox provider), quotas and warmup per IP, campaign "
                  "progress, queue depth, DNS and blocklist status - read from the stores at most every two "
-                 "seconds - and this process's own instruments. The metric names and labels are listed in the "
+                 "seconds (or ten times as long as a reading takes) - and this process's own instruments. The metric names and labels are listed in the "
                  "README. Needs the admin key (Prometheus: `authorization: {credentials_file: ...}`).")
 async def get_metrics(caller: Caller, settings: Config, state: State) -> Response[bytes]:
     caller.require_admin()

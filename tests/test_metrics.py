@@ -310,3 +310,21 @@ def test_up_gives_each_worker_its_own_metrics_port(settings, monkeypatch) -> Non
     assert [s.env["EMAIL_ENGINE_WORKER_METRICS_PORT"] for s in specs] == ["9500", "9501"]
     specs, _ = _children(settings, workers=1, standin=False)
     assert "EMAIL_ENGINE_WORKER_METRICS_PORT" not in specs[0].env
+
+
+async def test_one_reading_serves_the_scrapes_within_its_time(database_url, seeded, db, redis, namespace) -> None:
+    from engine import db as dbm
+
+    pool = await dbm.create_pool(database_url, min_size=0)
+    try:
+        cached = FleetMetrics(pool, redis, queue_name=f"{namespace}:queue", worker_timeout=10, ttl=3600)
+        fresh = FleetMetrics(pool, redis, queue_name=f"{namespace}:queue", worker_timeout=10, ttl=0,
+                             cost_factor=0)
+        first, _ = await cached.exposition(), await fresh.exposition()
+        await db.execute("INSERT INTO alert_events (tenant_id, kind, subject) VALUES (2, 'ip_paused', 'x')")
+        assert await cached.exposition() == first
+        after = scrape((await fresh.exposition()).decode())
+    finally:
+        await pool.close()
+    assert after["email_engine_alert_events_total"][(("kind", "ip_paused"), ("tenant", "2"))] == 1
+    assert scrape(first.decode())["email_engine_alert_events_total"][(("kind", "ip_paused"), ("tenant", "2"))] == 0
