@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
+import io
 import json
 import logging
 import re
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import msgspec
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine import ips, logs
@@ -92,7 +95,7 @@ async def send_log(db: asyncpg.Connection, campaign_id: int, where: str, *, by_c
 
 
 async def test_metrics_after_a_campaign_equal_the_send_log(client, admin, seeded, db: asyncpg.Connection,
-                                                            settings) -> None:
+                                                            settings, json_lines) -> None:
     emails = await add_contacts(client, admin, 60)
     await mark_valid(db)
     # a third of the audience has Google's MX: their provider label is gmail, the rest "other"
@@ -192,6 +195,9 @@ async def test_metrics_after_a_campaign_equal_the_send_log(client, admin, seeded
     assert got["email_engine_store_up"] == {(("store", "postgresql"),): 1.0, (("store", "redis"),): 1.0}
     assert got["email_engine_tenant_info"][(("name", "SOS-Expat"), ("tenant", "1"))] == 1
     check_readme(response.text)
+    # the campaign's sending loop logged with its campaign id
+    assert any(line.get("campaign_id") == campaign_id and line["logger"] == "workers.campaigns"
+               for line in json_lines())
 
 
 async def test_metrics_need_the_admin_key(client, admin, seeded) -> None:
@@ -235,9 +241,23 @@ async def test_the_queue_depth_is_the_arq_queue(client, admin, seeded, settings,
     assert got["email_engine_queue_oldest_due_seconds"][()] >= 0
 
 
-def test_json_log_lines_carry_the_context_ids(capsys) -> None:
-    logs.configure("INFO", "json")
-    try:
+@pytest.fixture
+def json_lines():
+    """What the root logger writes in JSON during one test, as parsed lines; the logger is restored after."""
+    root = logging.getLogger()
+    level = root.level
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_json_log_lines_carry_the_context_ids(json_lines) -> None:
+    def in_a_job() -> None:
         logs.request_id.set("req-1")
         logs.tenant_id.set(2)
         logs.campaign_id.set(7)
@@ -247,17 +267,30 @@ def test_json_log_lines_carry_the_context_ids(capsys) -> None:
             raise ValueError("boom")
         except ValueError:
             logging.getLogger("engine.test").exception("failed")
-    finally:
-        for var in (logs.request_id, logs.tenant_id, logs.campaign_id, logs.job_id):
-            var.set(None)
-        logs.configure("WARNING")
-    first, second = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+
+    contextvars.copy_context().run(in_a_job)
+    logging.getLogger("engine.test").warning("outside")
+    first, second, outside = [x for x in json_lines() if x["logger"] == "engine.test"]
     assert {k: first[k] for k in ("level", "logger", "message", "request_id", "tenant_id", "campaign_id",
                                   "job_id")} == {"level": "INFO", "logger": "engine.test", "message": "sent 3",
                                                  "request_id": "req-1", "tenant_id": 2, "campaign_id": 7,
                                                  "job_id": "job-9"}
     assert second["message"] == "failed" and "ValueError: boom" in second["error"]
     assert dt.datetime.fromisoformat(first["time"]).tzinfo is not None
+    assert set(outside) == {"time", "level", "logger", "message"}
+
+
+def test_the_json_format_is_what_configure_installs() -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        logs.configure("WARNING", "json")
+        assert [type(h.formatter) for h in root.handlers] == [logs.JsonFormatter]
+        logs.configure("INFO", "text")
+        assert root.handlers[0].formatter._fmt == logs.TEXT_FORMAT and root.level == logging.INFO
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 async def test_a_request_id_is_kept_or_made_and_echoed(client, admin) -> None:
@@ -328,3 +361,13 @@ async def test_one_reading_serves_the_scrapes_within_its_time(database_url, seed
         await pool.close()
     assert after["email_engine_alert_events_total"][(("kind", "ip_paused"), ("tenant", "2"))] == 1
     assert scrape(first.decode())["email_engine_alert_events_total"][(("kind", "ip_paused"), ("tenant", "2"))] == 0
+
+
+async def test_a_request_logs_one_json_line_with_its_request_and_tenant(client, admin, seeded,
+                                                                        json_lines) -> None:
+    tenant = await tenant_key(client, admin, 2)
+    r = await client.get("/api/v2/tenants/2", headers={**tenant, "X-Request-ID": "trace-42"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "trace-42"
+    [line] = [x for x in json_lines() if x["logger"] == "api.requests" and x.get("request_id") == "trace-42"]
+    assert (line["request_id"], line["tenant_id"], line["level"]) == ("trace-42", 2, "INFO")
+    assert line["message"].startswith("GET ") and " 200 " in line["message"] and "/" not in line["message"]
