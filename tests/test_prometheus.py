@@ -222,6 +222,12 @@ def test_promtool_accepts_the_rules_and_the_config() -> None:
     assert config.returncode == 0, config.stdout + config.stderr
 
 
+def test_the_reputation_alerts_fire_past_the_thresholds_and_not_below() -> None:
+    unit = subprocess.run([tool("promtool"), "test", "rules", str(RULES.with_name("rules.test.yml"))],
+                          capture_output=True, text=True)
+    assert unit.returncode == 0 and "SUCCESS" in unit.stdout, unit.stdout + unit.stderr
+
+
 def test_the_rules_use_the_warmups_thresholds() -> None:
     t = Thresholds()
     rules = rule_expressions()
