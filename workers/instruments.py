@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from typing import Any
@@ -37,7 +38,8 @@ def _observed(name: str, coroutine: Any) -> Any:
 
 
 def instrument(worker: Worker) -> Worker:
-    """Wrap each of the worker's functions and crons (arq calls `function.coroutine(ctx, ...)`)."""
-    for name, function in worker.functions.items():
-        function.coroutine = _observed(name, function.coroutine)
+    """Wrap each of the worker's functions and crons (arq runs `functions[name].coroutine(ctx, ...)`); copies,
+    so a Function object shared by several workers is never wrapped twice."""
+    for name, function in list(worker.functions.items()):
+        worker.functions[name] = dataclasses.replace(function, coroutine=_observed(name, function.coroutine))
     return worker
