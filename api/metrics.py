@@ -18,7 +18,7 @@ def _fleet(state: State, settings: Config) -> FleetMetrics:
     return fleet
 
 
-@get("/metrics", operation_id="getMetrics", summary="Prometheus metrics", tags=["probes"],
+@get("/metrics", operation_id="getMetrics", summary="Prometheus metrics", tags=["probes"], security=[{"bearer": []}],
      description="The send log's counts (injected, delivered, bounced by class, complained, failed, skipped "
                  "per tenant, campaign, VMTA and mailbox provider), quotas and warmup per IP, campaign "
                  "progress, queue depth, DNS and blocklist status - read from the stores at most every two "
