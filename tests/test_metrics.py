@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import datetime as dt
 import io
 import json
 import logging
 import re
+import socket
 from collections import defaultdict
 from pathlib import Path
 
@@ -371,3 +373,50 @@ async def test_a_request_logs_one_json_line_with_its_request_and_tenant(client, 
     [line] = [x for x in json_lines() if x["logger"] == "api.requests" and x.get("request_id") == "trace-42"]
     assert (line["request_id"], line["tenant_id"], line["level"]) == ("trace-42", 2, "INFO")
     assert line["message"].startswith("GET ") and " 200 " in line["message"] and "/" not in line["message"]
+
+
+async def test_a_listener_that_refuses_connections_is_counted_and_its_messages_timed() -> None:
+    from prometheus_client import REGISTRY
+
+    from engine.sending.transport import OutgoingMessage
+    from pmta.inject import Injector
+
+    def value(name: str, labels: dict) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    errors = value("email_engine_smtp_connection_errors_total", {"kind": "connect"})
+    soft = value("email_engine_injection_seconds_count", {"outcome": "soft"})
+    msg = OutgoingMessage(envelope_id="1", mail_from="bounce@sender.example", rcpt_to="someone@inbox.example",
+                          data=b"Subject: x\r\n\r\nbody\r\n")
+    async with Injector("127.0.0.1", port, pool_size=1, timeout=5) as injector:
+        result = await injector.send(msg)
+    assert result.outcome == "soft" and not result.transmitted
+    assert value("email_engine_smtp_connection_errors_total", {"kind": "connect"}) - errors == 1
+    assert value("email_engine_injection_seconds_count", {"outcome": "soft"}) - soft == 1
+
+
+async def test_rows_without_a_quota_token_are_counted_as_token_waits(client, admin, seeded, db, settings) -> None:
+    from prometheus_client import REGISTRY
+
+    await add_contacts(client, admin, 12)
+    await mark_valid(db)
+    await use_ips(db, 1, [1], daily_cap=5)
+    waits = REGISTRY.get_sample_value("email_engine_token_waits_total", {"tenant": "1"}) or 0.0
+    async with SmtpTestServer() as server:
+        tuned = msgspec.structs.replace(settings, pmta_host=server.host, pmta_port=server.port, pmta_pool_size=2)
+        async with running_worker(tuned, dispatch_tuning=FAST):
+            campaign_id = await create_and_start(client, admin)
+
+            async def five_sent_and_waiting():
+                sent = await db.fetchval("SELECT count(*) FROM sends WHERE campaign_id = $1 AND status = 'injected'",
+                                         campaign_id)
+                now = REGISTRY.get_sample_value("email_engine_token_waits_total", {"tenant": "1"}) or 0.0
+                return sent == 5 and now - waits >= 7
+
+            deadline = asyncio.get_running_loop().time() + 60
+            while not await five_sent_and_waiting():
+                assert asyncio.get_running_loop().time() < deadline, "no token waits counted"
+                await asyncio.sleep(0.1)
