@@ -31,6 +31,7 @@ from api import (
     imports,
     ips,
     mailwizz,
+    metrics,
     pmta,
     reputation,
     suppressions,
@@ -42,6 +43,7 @@ from api import (
 from api.auth import PUBLIC_PATHS, BearerAuth, principal
 from api.dashboard import ROUTER as DASHBOARD
 from api.errors import HANDLERS
+from api.request_ids import request_id_middleware
 from engine import db as dbm
 from engine.settings import Settings
 
@@ -102,7 +104,7 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
     # Only /api/v2 asks for a key; /health, /ready and the unsubscribe pages are public.
     api = Router(path="/api/v2", route_handlers=[*controllers(), *extra_routes], security=[{"bearer": []}])
     return Litestar(
-        route_handlers=[health.health, health.ready, *unsubscribe.ROUTES, api, DASHBOARD],
+        route_handlers=[health.health, health.ready, *metrics.ROUTES, *unsubscribe.ROUTES, api, DASHBOARD],
         lifespan=[lifespan],
         state=State({"settings": settings, "admin_key": admin_key, "secret_key": secret_key}),
         dependencies={
@@ -111,7 +113,8 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
             "settings": Provide(provide_settings, sync_to_thread=False),
             "caller": Provide(principal, sync_to_thread=False),
         },
-        middleware=[DefineMiddleware(BearerAuth, exclude=[f"^{p}" for p in PUBLIC_PATHS]), audit.AuditMiddleware()],
+        middleware=[request_id_middleware, DefineMiddleware(BearerAuth, exclude=[f"^{p}" for p in PUBLIC_PATHS]),
+                    audit.AuditMiddleware()],
         exception_handlers=HANDLERS,
         # The process (email-engine's CLI, or the host application) owns the root logger and its format.
         logging_config=LoggingConfig(configure_root_logger=False),

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -25,7 +23,6 @@ from urllib.parse import parse_qsl
 
 import asyncpg
 from litestar import Request, get
-from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.params import QueryParameter
@@ -35,14 +32,13 @@ from litestar.utils.scope.state import ScopeState
 
 from api.auth import Principal
 from api.deps import Caller, Db, TenantId
-from engine import audit
+from engine import audit, logs
 from engine.audit import AuditPage
 from engine.errors import Invalid
 
 log = logging.getLogger(__name__)
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 # Actors of the public routes, by path prefix; any other route without a key is `public`.
 PUBLIC_ACTORS = (("/u/", "recipient"), ("/api/v2/webhooks/", "data_source"))
 
@@ -52,11 +48,11 @@ _TENANT_KEY = "ee_audit_tenant"
 
 
 def request_id(scope: Scope) -> str:
-    """This request's id: the client's `X-Request-ID` when it is a plain token, else a new one."""
+    """This request's id, the one api.request_ids gave it (and its log lines carry)."""
     state = scope.setdefault("state", {})
     if _ID_KEY not in state:
-        given = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-request-id"), "")
-        state[_ID_KEY] = given if REQUEST_ID.match(given) else secrets.token_hex(16)
+        given = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-request-id"), None)
+        state[_ID_KEY] = logs.request_id.get() or logs.new_request_id(given)
     return state[_ID_KEY]
 
 
@@ -127,7 +123,7 @@ async def transaction(request: Request) -> AsyncIterator[asyncpg.Connection]:
 
 
 class AuditMiddleware(ASGIMiddleware):
-    """Gives each request its id (echoed as X-Request-ID) and records a successful change no transaction did."""
+    """Records a successful change that no transaction of the request recorded."""
 
     scopes = (ScopeType.HTTP,)
 
@@ -135,14 +131,13 @@ class AuditMiddleware(ASGIMiddleware):
         rid = request_id(scope)
         status = 0
 
-        async def send_with_id(message: Message) -> None:
+        async def send_seen(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableScopeHeaders.from_message(message)["X-Request-ID"] = rid
             await send(message)
 
-        await next_app(scope, receive, send_with_id)
+        await next_app(scope, receive, send_seen)
         state = scope.get("state", {})
         if scope["method"] in MUTATING and 200 <= status < 400 and not state.get(_DONE_KEY):
             try:

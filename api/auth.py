@@ -7,7 +7,7 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from engine import errors, tenants
+from engine import errors, logs, tenants
 from engine.secrets import keys_match
 
 # Paths that authenticate otherwise (HMAC webhooks, signed unsubscribe tokens, the dashboard's session cookie)
@@ -55,6 +55,7 @@ class BearerAuth(AbstractAuthenticationMiddleware):
         found = await tenants.authenticate_key(state.pool, key)
         if found is None:
             raise errors.Unauthorized("invalid or revoked API key")
+        logs.tenant_id.set(found[1])
         return AuthenticationResult(user=Principal(tenant_id=found[1], key_id=found[0]), auth=key)
 
 

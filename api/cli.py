@@ -19,7 +19,7 @@ import msgspec
 from api import ops_cli, progress_cli
 from api.supervisor import ChildSpec, Supervisor
 from engine import db as dbm
-from engine import embedded, secrets
+from engine import embedded, logs, secrets
 from engine.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("email-engine")
@@ -153,9 +153,17 @@ def _children(settings: Settings, *, workers: int, standin: bool) -> tuple[list[
         specs.append(ChildSpec(name="pmta-standin", env=env, argv=(
             sys.executable, "-m", "pmta.standin", str(stand.directory), "--port", str(stand.port))))
         env = {**env, "EMAIL_ENGINE_PMTA_HOST": "127.0.0.1", "EMAIL_ENGINE_PMTA_PORT": str(stand.port)}
-    specs += [ChildSpec(name=f"worker-{i}", env=env, argv=(sys.executable, "-m", "api.cli", "worker"))
+    specs += [ChildSpec(name=f"worker-{i}", env={**env, **_worker_metrics_env(settings, i)},
+                        argv=(sys.executable, "-m", "api.cli", "worker"))
               for i in range(1, workers + 1)]
     return specs, stand
+
+
+def _worker_metrics_env(settings: Settings, i: int) -> dict[str, str]:
+    """Worker i's own metrics port: EMAIL_ENGINE_WORKER_METRICS_PORT + i - 1 (none when it is unset)."""
+    if settings.worker_metrics_port is None:
+        return {}
+    return {"EMAIL_ENGINE_WORKER_METRICS_PORT": str(settings.worker_metrics_port + i - 1)}
 
 
 async def _run(rt: Runtime, *, api: bool, worker: bool, standin: bool, children: Sequence[ChildSpec] = (),
@@ -229,7 +237,7 @@ def _announce(rt: Runtime, settings: Settings, stand) -> None:
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     logging.getLogger("arq").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
     # pgserver narrates initdb and pg_ctl at INFO; one line from engine.embedded says the same.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
@@ -266,7 +274,9 @@ def cmd_serve(settings: Settings) -> None:
 
 
 def cmd_worker(settings: Settings) -> None:
-    with stores(settings) as resolved:
+    from engine.metrics import worker_server
+
+    with stores(settings) as resolved, worker_server(settings.worker_metrics_port, settings.http_host):
         asyncio.run(_run(runtime(resolved), api=False, worker=True, standin=False))
 
 

@@ -8,7 +8,7 @@ import asyncpg
 import httpx
 import msgspec
 
-from engine import secrets, verifiers
+from engine import metrics, secrets, verifiers
 from engine.validation import DEFAULT_THRESHOLD, MxResolver, Verdict, validate_batch
 from sql import q
 
@@ -120,6 +120,9 @@ async def validate_contacts(db: asyncpg.Connection, tenant_id: int, contact_ids:
         if r["status"] == "pending":
             tries = max(tries, r["validation_tries"])
     retry_in = RETRY_DELAYS[tries - 1] if by_status["pending"] and tries <= len(RETRY_DELAYS) else None
+    for status, ids in by_status.items():
+        if ids:
+            metrics.VALIDATIONS.labels(str(tenant_id), status).inc(len(ids))
     return ValidationRun(valid=by_status["valid"], risky=by_status["risky"], invalid=by_status["invalid"],
                          retry_ids=by_status["pending"] if retry_in else [], retry_in=retry_in,
                          mailwizz=policy.mailwizz)

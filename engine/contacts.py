@@ -7,6 +7,7 @@ import functools
 import hashlib
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 
+from engine import metrics
 from engine.errors import Conflict, Invalid, NotFound
 from engine.languages import normalise_language
 from engine.validation import check_syntax, normalise_email
@@ -249,6 +251,11 @@ async def write_batch(db: asyncpg.Connection, batch: PreparedBatch, *,
         for index in repeats:  # the same address again in this batch: merged into the first, counted once
             results[index] = Outcome(index=index, outcome="unchanged" if result["id"] else "rejected",
                                      id=result["id"], reason=result.get("reason"))
+    counted: Counter[tuple[str, str, str]] = Counter()
+    for row, outcome in zip(merged, outcomes, strict=True):
+        counted[(str(row[0]), "" if row[1] is None else str(row[1]), outcome)] += len(members[(row[0], row[3])])
+    for labels, n in counted.items():
+        metrics.CONTACTS_INGESTED.labels(*labels).inc(n)
     counts = {"created": 0, "updated": 0, "unchanged": 0, "rejected": 0}
     for r in results:
         counts[r.outcome] += 1

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 
-from engine import contacts, csv_files
+from engine import contacts, csv_files, metrics
 from engine.contacts import ContactIn, PreparedBatch
 from engine.csv_files import FIELDS, CsvFormat, check_mapping
 from engine.errors import Invalid, NotFound
@@ -155,6 +155,7 @@ def _remove(path: Path) -> None:
 class _Batch(msgspec.Struct, kw_only=True):
     """The next records of the file, parsed and checked, waiting for their transaction."""
 
+    tenant_id: int
     records: int                       # records read, what `rows_read` moves by
     rejects: list[tuple[int, str, str | None]]
     lines: list[int]                   # line of each contact handed to the upsert
@@ -202,7 +203,7 @@ class _Reader:
         # database; the upsert itself refuses only erased addresses, which are reported without their text
         for index, reason in prepared.rejected.items():
             rejects.append((lines[index], reason, _raw(raws[index], self.delimiter)))
-        return _Batch(records=records, rejects=rejects, lines=lines, prepared=prepared)
+        return _Batch(tenant_id=self.tenant_id, records=records, rejects=rejects, lines=lines, prepared=prepared)
 
 
 async def _ingest_file(pool: asyncpg.Pool, import_id: int, tenant_id: int, path: Path, fmt: CsvFormat,
@@ -283,6 +284,8 @@ async def _write(pool: asyncpg.Pool, import_id: int, batch: _Batch,
                              report.unchanged, len(rejects))
     finally:
         locked.set()  # even on failure: nothing may wait for locks this batch will never take
+    metrics.IMPORT_ROWS.labels(str(batch.tenant_id), "accepted").inc(batch.records - len(rejects))
+    metrics.IMPORT_ROWS.labels(str(batch.tenant_id), "rejected").inc(len(rejects))
     # after the commit: a validation job must find its contacts
     for tenant, ids in report.to_validate.items():
         await on_batch(tenant, ids)

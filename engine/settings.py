@@ -36,6 +36,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pmta_accounting_dir: Path | None = None  # PowerMTA's accounting files (acct-*.csv), read every minute
     arf_dir: Path | None = None         # the FBL mailbox's complaint reports (maildir or *.eml), read every minute
     log_level: str = "INFO"
+    log_format: str = "text"            # text, or json: one JSON object per line with the context ids
+    # a worker's Prometheus metrics on this port (at http_host); `up` gives its Nth worker port + N - 1
+    worker_metrics_port: int | None = None
     # PowerMTA config generation (pmta/generate.py): where the worker keeps the generated file (None: it
     # does not), where the DKIM private keys go, what to run after a change, who may inject.
     pmta_config_file: Path | None = None
@@ -120,6 +123,8 @@ _PARSERS: dict[str, tuple[str, Any]] = {
     "PMTA_LISTENER": ("pmta_listener", lambda n, v: v if v.rpartition(":")[2].isdigit() else _bad(n, "IP:PORT", v)),
     "PMTA_FBL_ADDRESS": ("pmta_fbl_address", lambda n, v: v if "@" in v else _bad(n, "an email address", v)),
     "BLOCKLISTS": ("blocklists_file", lambda n, v: Path(v)),
+    "LOG_FORMAT": ("log_format", lambda n, v: v.lower() if v.lower() in {"text", "json"} else _bad(n, "text or json", v)),
+    "WORKER_METRICS_PORT": ("worker_metrics_port", lambda n, v: _int(n, v, 1, 65535)),
     "LOG_LEVEL": ("log_level", lambda n, v: v.upper() if v.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"} else _bad(n, "DEBUG, INFO, WARNING or ERROR", v)),
 }
 

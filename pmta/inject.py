@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 
-from engine.sending.transport import OutgoingMessage, SendResult
+from engine.metrics import INJECTION_SECONDS, SMTP_CONNECTION_ERRORS
+from engine.sending.transport import Outcome, OutgoingMessage, SendResult
 from pmta.smtp import (
     CRLF,
     NotSmtp,
@@ -39,6 +41,8 @@ _BACKOFF_FIRST_SECONDS = 0.5
 _BACKOFF_CAP_SECONDS = 30.0
 # What send_many may take beyond its own deadline: timer lateness and filling in the results.
 _RETURN_SLACK_SECONDS = 0.25
+# The histogram's child per outcome, looked up once (this runs for every message).
+_LATENCY = {outcome: INJECTION_SECONDS.labels(outcome.value) for outcome in Outcome}
 
 
 class _Batch:
@@ -49,9 +53,10 @@ class _Batch:
     skipped (an attribute, not `done.done()`, because workers look at it once or twice per message).
     """
 
-    __slots__ = ("results", "written", "remaining", "done", "live")
+    __slots__ = ("results", "written", "remaining", "done", "live", "started")
 
     def __init__(self, size: int, done: asyncio.Future[None]) -> None:
+        self.started = time.perf_counter()  # the injection latency histogram counts from here
         self.results: list[SendResult | None] = [None] * size
         self.written = [False] * size   # some of the message's envelope went out: a retry costs an attempt
         self.remaining = size
@@ -68,6 +73,7 @@ def _finish(item: _Item, result: SendResult) -> None:
     batch, index = item[1], item[2]
     if batch.live and batch.results[index] is None:
         batch.results[index] = result
+        _LATENCY[result.outcome].observe(time.perf_counter() - batch.started)
         batch.remaining -= 1
         if not batch.remaining:
             batch.live = False
@@ -342,6 +348,7 @@ class Injector:
         else:
             self._sessions.add(session)
             return session
+        SMTP_CONNECTION_ERRORS.labels("connect").inc()
         return None
 
     def _back_off(self, reason: str) -> None:
@@ -361,6 +368,7 @@ class Injector:
         if session.completed:
             self._backoff = self._backoff_first
         else:
+            SMTP_CONNECTION_ERRORS.labels("lost").inc()
             self._back_off(f"connection to {self.host}:{self.port} failed: {session.error}")
 
     async def _usable(self, session: Session, now: float) -> bool:

@@ -16,6 +16,7 @@ import os
 import socket
 from typing import Any
 
+from engine import logs
 from engine.sending import dispatch, sends
 from engine.sending.rotation import Rotator
 from sql import q
@@ -118,6 +119,7 @@ async def _supervise(run: dispatch.Context, stop: asyncio.Event, loops: dict[int
 
 
 async def _run(run: dispatch.Context, campaign_id: int, stop: asyncio.Event) -> None:
+    logs.campaign_id.set(campaign_id)  # this task's own context: every line the loop logs names its campaign
     try:
         reason = await dispatch.run_campaign(run, campaign_id, stop=stop)
         log.info("campaign %s: sending loop ended (%s)", campaign_id, reason)

@@ -87,4 +87,6 @@ def worker_kwargs(settings: Settings, *, secret_key: str, burst: bool = False, *
 
 
 def create_worker(settings: Settings, *, secret_key: str, **overrides: Any) -> Worker:
-    return Worker(**worker_kwargs(settings, secret_key=secret_key, **overrides))
+    from workers.instruments import instrument
+
+    return instrument(Worker(**worker_kwargs(settings, secret_key=secret_key, **overrides)))

@@ -22,7 +22,7 @@ import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
-from engine import ips
+from engine import ips, metrics
 from engine.providers import default_cap as cap_for
 from engine.sending import backoff, quotas, sends
 from engine.sending.rotation import ELIGIBLE, Candidate, Rotator, Wait
@@ -169,6 +169,8 @@ async def grant(pool: asyncpg.Pool, redis: Redis, rotator: Rotator, namespace: s
         await _refund(redis, namespace, ledger, candidates, day_key, lost,
                       campaign=(campaign_id, unused_campaign) if daily_cap is not None else None)
         await ledger.flush()
+    if short:
+        metrics.TOKEN_WAITS.labels(str(tenant_id)).inc(len(short))
     return Granted(picked=[(value, ip_id, vmta) for value, item, ip_id, vmta in picked if item.held.id in stamped],
                    short=short, wait=wait, held=held, held_until=held_until)
 
