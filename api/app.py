@@ -31,6 +31,8 @@ from api import (
     ips,
     mailwizz,
     pmta,
+    replies,
+    sequences,
     suppressions,
     templates,
     tenants,
@@ -73,7 +75,7 @@ def controllers() -> Sequence[Any]:
     return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES,
             *suppressions.ROUTES, *templates.ROUTES, *ips.ROUTES, *domains.ROUTES, *warmup.ROUTES,
             *mailwizz.ROUTES, *feedback.ROUTES, *dns.ROUTES,
-            *pmta.ROUTES]
+            *pmta.ROUTES, *sequences.ROUTES, *replies.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),

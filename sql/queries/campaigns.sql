@@ -117,7 +117,7 @@ WITH page AS (
 ), ins AS (
     INSERT INTO sends (tenant_id, campaign_id, contact_id, language)
     SELECT $1, $2, id, language FROM page
-    ON CONFLICT (campaign_id, contact_id) DO NOTHING
+    ON CONFLICT (campaign_id, contact_id, step) DO NOTHING
 )
 SELECT max(id) AS last_id, count(*) AS n FROM page;
 

@@ -1,0 +1,228 @@
+"""Sequences: follow-ups on business days in each recipient's window, threaded, exactly once, across a SIGKILL.
+
+The acceptance run drives a real worker process (tests.clock_worker) on a clock the test moves: after every
+move the test waits until nothing due is left, stamps the messages that arrived meanwhile with the clock's
+time, and jumps to the next row due. Real PostgreSQL, Redis and SMTP sockets throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import signal
+import subprocess
+import sys
+import time
+from email.header import decode_header, make_header
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+from engine import sequences
+from engine.sequences import Delay, RecipientWindow
+from tests.campaign_helpers import mark_valid, use_ips, wait_for_status
+from tests.clock_worker import FileClock
+from tests.sending_rig import worker_env
+from tests.smtpserver import SmtpTestServer
+
+ROOT = Path(__file__).resolve().parent.parent
+WEEKDAYS = RecipientWindow()
+START = dt.datetime(2026, 12, 4, 6, 0, tzinfo=dt.UTC)       # a Friday: Tokyo 15:00, Sydney 17:00, Paris 07:00
+HOLIDAY = dt.date(2026, 12, 8)                              # a Tuesday
+# (zone, country, custom): two contacts name their zone, two get it from their country
+ZONES = [("America/New_York", None, {"timezone": "America/New_York"}), ("Europe/Paris", "FR", None),
+         ("Asia/Tokyo", "JP", None), ("Australia/Sydney", "GB", {"timezone": "Australia/Sydney"})]
+PER_ZONE = 3
+MIN_GAP, MAX_GAP = 120.0, 600.0
+
+
+# --- the recipient's calendar ------------------------------------------------------------------------------
+
+def test_business_days_skip_weekends_and_holidays() -> None:
+    paris = ZoneInfo("Europe/Paris")
+    friday = dt.datetime(2026, 12, 4, 15, 0, tzinfo=paris)
+    assert sequences.add_business_days(friday, 2, WEEKDAYS.days, frozenset()).date() == dt.date(2026, 12, 8)
+    assert sequences.add_business_days(friday, 2, WEEKDAYS.days, frozenset({HOLIDAY})).date() == dt.date(2026, 12, 9)
+    due = sequences.next_step_due(friday.astimezone(dt.UTC), paris, Delay(business_days=3, hours=2), WEEKDAYS,
+                                  frozenset())
+    assert due.astimezone(paris) == dt.datetime(2026, 12, 9, 17, 0, tzinfo=paris)
+
+
+def test_window_opening_in_the_recipients_zone() -> None:
+    tokyo, sydney = ZoneInfo("Asia/Tokyo"), ZoneInfo("Australia/Sydney")
+    assert sequences.window_opening(START, tokyo, WEEKDAYS, frozenset()) is None          # Friday 15:00 there
+    opening = sequences.window_opening(START, sydney, WEEKDAYS, frozenset())              # Friday 17:00 there
+    assert opening.astimezone(sydney) == dt.datetime(2026, 12, 7, 9, 0, tzinfo=sydney)    # Monday 09:00
+    early = sequences.window_opening(START, ZoneInfo("Europe/Paris"), WEEKDAYS, frozenset())
+    assert early == dt.datetime(2026, 12, 4, 8, 0, tzinfo=dt.UTC)                        # 09:00 Paris, same day
+    monday = dt.datetime(2026, 12, 7, 23, 0, tzinfo=dt.UTC)                              # Tuesday 08:00 Tokyo
+    assert sequences.window_opening(monday, tokyo, WEEKDAYS, frozenset({HOLIDAY})).astimezone(tokyo) == \
+        dt.datetime(2026, 12, 9, 9, 0, tzinfo=tokyo)
+
+
+def test_recipient_zone_field_then_country_then_tenant() -> None:
+    assert str(sequences.recipient_zone({"timezone": "Asia/Tokyo"}, "FR", "UTC")) == "Asia/Tokyo"
+    assert str(sequences.recipient_zone({"timezone": "Mars/Olympus"}, "FR", "UTC")) == "Europe/Paris"
+    assert str(sequences.recipient_zone(None, "us", "UTC")) == "America/New_York"
+    assert str(sequences.recipient_zone(None, "BR", "UTC")) == "America/Sao_Paulo"
+    assert str(sequences.recipient_zone(None, "XX", "Europe/Berlin")) == "Europe/Berlin"
+    assert str(sequences.recipient_zone(None, None, "Europe/Berlin")) == "Europe/Berlin"
+
+
+# --- the 3-step acceptance run -----------------------------------------------------------------------------
+
+async def _template(client, admin, name: str, subject: str, body: str) -> int:
+    r = await client.post("/api/v2/templates", json={"tenant_id": 1, "name": name, "language": "en",
+                                                      "subject": subject, "body_html": body}, headers=admin)
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+async def _quiet(db: asyncpg.Connection, campaign_id: int, now: dt.datetime, *, within: float = 60) -> None:
+    """Wait until no row is moving, none is due at `now`, and every sent row has its follow-up written."""
+    deadline = time.monotonic() + within
+    while True:
+        row = await db.fetchrow(
+            "SELECT count(*) FILTER (WHERE status IN ('queued', 'claimed', 'sending')) AS moving, "
+            "count(*) FILTER (WHERE status = 'deferred' AND next_attempt_at <= $2) AS due, "
+            "count(*) FILTER (WHERE status IN ('injected', 'delivered') AND NOT next_written) AS unwritten "
+            "FROM sends WHERE campaign_id = $1", campaign_id, now)
+        ready = await db.fetchval("SELECT audience_ready FROM campaigns WHERE id = $1", campaign_id)
+        if ready and not (row["moving"] or row["due"] or row["unwritten"]):
+            return
+        assert time.monotonic() < deadline, f"never quiet at {now}: {dict(row)}"
+        await asyncio.sleep(0.05)
+
+
+def _start_worker(env: dict[str, str], clock: FileClock, log: Path) -> subprocess.Popen:
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "tests.clock_worker", str(clock.path)], env=env, cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def _decoded(value: str | None) -> str:
+    return str(make_header(decode_header(value or "")))
+
+
+def _business_days_between(a: dt.date, b: dt.date) -> int:
+    """Working days after `a` up to and including `b` (Monday to Friday, less the holiday)."""
+    n, day = 0, a
+    while day < b:
+        day += dt.timedelta(days=1)
+        n += day.weekday() < 5 and day != HOLIDAY
+    return n
+
+
+async def test_three_steps_in_four_zones_on_business_days_threaded_across_a_sigkill(
+        client, admin, seeded, db: asyncpg.Connection, settings, tmp_path: Path) -> None:
+    batch, zone_of = [], {}
+    for z, (zone, country, custom) in enumerate(ZONES):
+        for i in range(PER_ZONE):
+            email = f"p{i}@firm-{z}-{i}.example"
+            zone_of[email] = ZoneInfo(zone)
+            batch.append({"tenant_id": 1, "data_source_id": 1, "email": email, "first_name": f"Ana{z}{i}",
+                          "company": f"Firm {z}-{i}", "language": "en", "country": country, "custom": custom,
+                          "tags": ["sequence-test"]})
+    r = await client.post("/api/v2/contacts/ingest", json={"contacts": batch}, headers=admin)
+    assert r.status_code in (200, 201), r.text
+    await mark_valid(db)
+    await use_ips(db, 1, [1])
+    first = await _template(client, admin, "Seq 1", "{Quick question|A question|One question} for {company}",
+                            "<p>{Hello|Hi} {firstName},</p><p>May I show you something?</p>")
+    second = await _template(client, admin, "Seq 2", "Following up", "<p>Just following up, {firstName}.</p>")
+    third = await _template(client, admin, "Seq 3", "Last note", "<p>Last note, {firstName}.</p>")
+    r = await client.post("/api/v2/campaigns", json={
+        "tenant_id": 1, "name": "Sequence", "from_name": "SOS-Expat", "from_email": "hello@sos-expat-mail-01.example",
+        "templates": {"en": first}, "audience": {"tags": ["sequence-test"]}}, headers=admin)
+    assert r.status_code == 201, r.text
+    campaign_id = r.json()["id"]
+    r = await client.put(f"/api/v2/campaigns/1/{campaign_id}/sequence", headers=admin, json={
+        "steps": [{},
+                  {"delay": {"business_days": 2}, "templates": {"en": second}, "thread": True},
+                  {"delay": {"business_days": 3}, "templates": {"en": third}, "thread": True}],
+        "recipient_window": {"start": "09:00", "end": "17:00", "min_gap": MIN_GAP, "max_gap": MAX_GAP}})
+    assert r.status_code == 200, r.text
+    r = await client.put("/api/v2/sequences/1/holidays", headers=admin,
+                         json={"holidays": [{"day": HOLIDAY.isoformat(), "name": "a tenant holiday"}]})
+    assert r.status_code == 200, r.text
+
+    clock = FileClock(tmp_path / "clock")
+    clock.set(START)
+    sent_at: list[dt.datetime] = []
+    async with SmtpTestServer() as server:
+        env = worker_env(settings, pmta_port=server.port, home=tmp_path, worker_timeout=2)
+        workers = [_start_worker(env, clock, tmp_path / "worker.log")]
+        try:
+            r = await client.post(f"/api/v2/campaigns/1/{campaign_id}/start", headers=admin)
+            assert r.status_code == 200, r.text
+            now, jumps, killed_at = START, 0, None
+            while True:
+                await _quiet(db, campaign_id, now)
+                sent_at += [now] * (len(server.messages) - len(sent_at))
+                nxt = await db.fetchval("SELECT min(next_attempt_at) FROM sends WHERE campaign_id = $1 "
+                                        "AND status = 'deferred'", campaign_id)
+                if nxt is None:
+                    break
+                assert nxt > now
+                now, jumps = nxt, jumps + 1
+                clock.set(now)
+                if killed_at is None and len(sent_at) >= 2 * PER_ZONE * len(ZONES) // 3:
+                    # Mid-sequence, as the worker takes up the rows just due: SIGKILL, then a new worker.
+                    workers[0].send_signal(signal.SIGKILL)
+                    await asyncio.to_thread(workers[0].wait)
+                    killed_at = len(sent_at)
+                    workers.append(_start_worker(env, clock, tmp_path / "worker.log"))
+            await wait_for_status(db, campaign_id, "completed", within=30)
+        finally:
+            for proc in workers:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in workers:
+                await asyncio.to_thread(proc.wait, 20)
+        messages = list(server.messages)
+
+    assert killed_at is not None, "the run never reached the kill"
+    rows = {r["id"]: r for r in await db.fetch(
+        "SELECT s.id, s.step, s.message_id, c.email FROM sends s JOIN contacts c ON c.id = s.contact_id "
+        "WHERE s.campaign_id = $1", campaign_id)}
+    by_contact: dict[str, dict[int, list[tuple[dt.datetime, object]]]] = collections.defaultdict(
+        lambda: collections.defaultdict(list))
+    for when, message in zip(sent_at, messages, strict=True):
+        row = rows[int(message.headers["X-Envelope-Id"])]
+        assert message.rcpt_tos == [row["email"]]
+        local = when.astimezone(zone_of[row["email"]])
+        # Inside the recipient's window, on a business day of the recipient's calendar
+        assert local.weekday() < 5 and local.date() != HOLIDAY, (row["email"], row["step"], local)
+        assert dt.time(9) <= local.time() < dt.time(17), (row["email"], row["step"], local)
+        by_contact[row["email"]][row["step"]].append((when, message))
+
+    in_flight = await db.fetchval("SELECT recovered_in_flight FROM campaigns WHERE id = $1", campaign_id)
+    duplicates = sum(len(got) - 1 for steps in by_contact.values() for got in steps.values())
+    assert duplicates <= in_flight, (duplicates, in_flight)
+    assert set(by_contact) == set(zone_of), "every contact got the sequence"
+    for email, steps in by_contact.items():
+        assert sorted(steps) == [1, 2, 3], (email, sorted(steps))
+        (t1, m1), (t2, m2), (t3, m3) = (steps[n][-1] for n in (1, 2, 3))
+        zone = zone_of[email]
+        # +2 then +3 business days in the recipient's calendar (the holiday does not count)
+        assert _business_days_between(t1.astimezone(zone).date(), t2.astimezone(zone).date()) >= 2, email
+        assert _business_days_between(t2.astimezone(zone).date(), t3.astimezone(zone).date()) >= 3, email
+        assert t2 - t1 >= dt.timedelta(days=2) and t3 - t2 >= dt.timedelta(days=3)
+        # Threaded: each follow-up answers the message before it and keeps the opening subject
+        assert "In-Reply-To" not in m1.headers
+        assert m2.headers["In-Reply-To"] == m1.headers["Message-ID"]
+        assert m2.headers["References"] == m1.headers["Message-ID"]
+        assert m3.headers["In-Reply-To"] == m2.headers["Message-ID"]
+        assert m3.headers["References"] == f"{m1.headers['Message-ID']} {m2.headers['Message-ID']}"
+        opening = _decoded(m1.headers["Subject"])
+        assert opening.split(" for ")[0] in ("Quick question", "A question", "One question"), opening
+        assert _decoded(m2.headers["Subject"]) == _decoded(m3.headers["Subject"]) == f"Re: {opening}"
+    # The window's opening is spread: rows that waited for it leave one random gap apart, not in a burst
+    sydney = sorted(t for email, steps in by_contact.items() if str(zone_of[email]) == "Australia/Sydney"
+                    for t, _ in steps[1])
+    assert len(set(sydney)) == PER_ZONE
+    assert all(MIN_GAP <= (b - a).total_seconds() <= MAX_GAP for a, b in zip(sydney, sydney[1:], strict=False))
+    stats = (await client.get(f"/api/v2/campaigns/1/{campaign_id}/stats", headers=admin)).json()
+    assert stats["by_status"]["injected"] == 3 * len(zone_of)
