@@ -181,11 +181,11 @@ async def read_once(pool: asyncpg.Pool, box: Stored, secret_key: str, *, deadlin
     try:
         client = await connect(box, secret_key, deadline=deadline)
     except Exception as exc:  # unreachable, refused, TLS, a greeting that is not IMAP
-        return await _failed(pool, box, f"connect: {exc or type(exc).__name__}")
+        return await _failed(pool, box, f"connect: {str(exc) or type(exc).__name__}")
     try:
         result = await read_new(pool, client, box, secret_key)
     except Exception as exc:  # a reply the client cannot parse, a cut connection, a deadline passed
-        return await _failed(pool, box, f"read: {exc or type(exc).__name__}")
+        return await _failed(pool, box, f"read: {str(exc) or type(exc).__name__}")
     finally:
         await _close(client)
     if result.error:
@@ -197,8 +197,8 @@ async def _failed(pool: asyncpg.Pool, box: Stored, error: str) -> Pass:
     log.warning("reply mailbox %s (%s@%s): %s", box.id, box.username, box.host, error)
     try:
         await pool.execute(q("mailbox-progress"), box.id, box.last_uid, box.uid_validity, error[:500])
-    except Exception:  # PostgreSQL away too: the next pass records it
-        pass
+    except Exception as exc:  # PostgreSQL away too: the next pass records it
+        log.warning("reply mailbox %s: could not record the error: %s", box.id, exc)
     return Pass(error=error)
 
 
@@ -227,7 +227,7 @@ async def watch(pool: asyncpg.Pool, box: Stored, secret_key: str, stop: asyncio.
                 client.idle_done()
                 await asyncio.wait_for(waiting, TIMEOUT)
         except Exception as exc:  # every failure is recorded and the mailbox is tried again
-            await _failed(pool, box, f"watch: {exc or type(exc).__name__}")
+            await _failed(pool, box, f"watch: {str(exc) or type(exc).__name__}")
             await _wait(stop, poll_every)
         finally:
             if client is not None:

@@ -182,6 +182,12 @@ def make_token(secret_key: str, send_id: int) -> str:
     return f"{send_id}-{mac}"
 
 
+def reply_to(address: str, secret_key: str, send_id: int) -> str:
+    """`replies@x` -> `replies+TOKEN@x`: a reply to it names its send row whatever its headers say."""
+    local, _, domain = address.rpartition("@")
+    return f"{local}+{make_token(secret_key, send_id)}@{domain}"
+
+
 def read_token(secret_key: str, token: str) -> int | None:
     send_id, _, _ = token.partition("-")
     if not send_id.isdigit() or len(send_id) > 18:

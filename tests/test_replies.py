@@ -110,7 +110,7 @@ async def test_replies_in_the_mailbox_stop_pause_and_stop_the_company(
         client, admin, seeded, db: asyncpg.Connection, settings, tmp_path: Path) -> None:
     people = {"alice": "alice@acme.example", "bob": "bob@beta.example", "carol": "carol@corp.example",
               "dave": "dave@corp.example", "erin": "erin@delta.example", "gone": "gone@echo.example",
-              "grace": "grace@foxtrot.example"}
+              "grace": "grace@foxtrot.example", "henry": "henry@golf.example"}
     r = await client.post("/api/v2/contacts/ingest", headers=admin, json={"contacts": [
         {"tenant_id": 1, "data_source_id": 1, "email": e, "first_name": n.title(), "company": n, "language": "en",
          "tags": ["reply-test"]} for n, e in people.items()]})
@@ -136,7 +136,8 @@ async def test_replies_in_the_mailbox_stop_pause_and_stop_the_company(
     clock = Clock(dt.datetime(2026, 12, 7, 10, 0, tzinfo=dt.UTC))      # a Monday
     with dovecot({MAILBOX[0]: MAILBOX[1]}) as imap:
         r = await client.post("/api/v2/replies/1/mailboxes", headers=admin, json={
-            "host": imap.host, "port": imap.port, "tls": False, "username": MAILBOX[0], "password": MAILBOX[1]})
+            "host": imap.host, "port": imap.port, "tls": False, "username": MAILBOX[0], "password": MAILBOX[1],
+            "address": MAILBOX[0], "plus_addressing": True})
         assert r.status_code == 201, r.text
         assert "password" not in r.json() and "password_enc" not in r.json()
         stored = await db.fetchval("SELECT password_enc FROM reply_mailboxes")
@@ -144,7 +145,8 @@ async def test_replies_in_the_mailbox_stop_pause_and_stop_the_company(
 
         async with SmtpTestServer() as smtp:
             worker_settings = msgspec.structs.replace(settings, pmta_host=smtp.host, pmta_port=smtp.port)
-            async with running_worker(worker_settings, clock=clock, dispatch_tuning=FAST, reply_poll_every=0.5,
+            # Polled every 600 s: only IMAP IDLE can bring the replies in within the test's minute.
+            async with running_worker(worker_settings, clock=clock, dispatch_tuning=FAST, reply_poll_every=600,
                                       reply_refresh_every=0.5):
                 r = await client.post(f"/api/v2/campaigns/1/{campaign_id}/start", headers=admin)
                 assert r.status_code == 200, r.text
@@ -177,9 +179,14 @@ async def test_replies_in_the_mailbox_stop_pause_and_stop_the_company(
                        b"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.echo.example\r\n\r\n"
                        b"Final-Recipient: rfc822; gone@echo.example\r\nAction: failed\r\nStatus: 5.1.1\r\n--b--\r\n")
                 imap.deliver(MAILBOX[0], dsn)
+                # Henry answers from another address, to the plus-addressed Reply-To his message carried
+                henry_reply_to = first[people["henry"]]["Reply-To"]
+                assert henry_reply_to.startswith("replies+") and henry_reply_to.endswith("@sos-expat-mail-01.example")
+                imap.deliver(MAILBOX[0], _mail(From="h.private@elsewhere.example", To=henry_reply_to,
+                                               Subject="Interested", Message_ID="<h1@elsewhere.example>").as_bytes())
 
                 async def all_read() -> bool:
-                    return await db.fetchval("SELECT last_uid FROM reply_mailboxes") == 5
+                    return await db.fetchval("SELECT last_uid FROM reply_mailboxes") == 6
                 await _until(all_read)
                 # Past +2 business days: only the contacts nothing stopped get step 2
                 clock.now = dt.datetime(2026, 12, 9, 11, 0, tzinfo=dt.UTC)
@@ -201,6 +208,7 @@ async def test_replies_in_the_mailbox_stop_pause_and_stop_the_company(
                 assert steps[people["carol"]][:2] == ("skipped", "sequence stopped: the contact replied")
                 assert steps[people["dave"]][:2] == ("skipped", "sequence stopped: someone at corp.example replied")
                 assert steps[people["erin"]][:2] == ("skipped", "sequence stopped: the contact replied")
+                assert steps[people["henry"]][:2] == ("skipped", "sequence stopped: the contact replied")
                 status, detail, resume_at = steps[people["bob"]]
                 assert (status, detail) == ("deferred", "waits for the contact's return date")
                 assert resume_at.date() >= dt.date(2026, 12, 15)
@@ -221,10 +229,39 @@ async def test_replies_in_the_mailbox_stop_pause_and_stop_the_company(
     assert r.status_code == 200, r.text
     listed = {(x["from_email"], x["kind"], x["matched_by"], x["step"]) for x in r.json()["items"]}
     assert listed == {(people["alice"], "human", "in-reply-to", 1), (people["bob"], "auto_reply", "references", 1),
-                      ("frank@corp.example", "human", "in-reply-to", 1), (people["erin"], "human", "sender", 1)}
+                      ("frank@corp.example", "human", "in-reply-to", 1), (people["erin"], "human", "sender", 1),
+                      ("h.private@elsewhere.example", "human", "token", 1)}
     bob = next(x for x in r.json()["items"] if x["from_email"] == people["bob"])
     assert bob["return_date"] == "2026-12-15"
     r = await client.get(f"/api/v2/campaigns/2/{campaign_id}/replies", headers=admin)
     assert r.status_code == 404
     r = await client.get("/api/v2/replies/1/mailboxes", headers=admin)
-    assert r.status_code == 200 and r.json()[0]["last_uid"] == 5 and "password" not in r.json()[0]
+    assert r.status_code == 200 and r.json()[0]["last_uid"] == 6 and "password" not in r.json()[0]
+
+
+async def test_a_mailbox_that_fails_is_a_result_never_an_exception(client, admin, seeded, db, settings) -> None:
+    from engine import db as dbm
+    from engine import mailboxes
+    from tests.sending_rig import NOT_SMTP, Front
+
+    pool = await dbm.create_pool(settings.database_url, min_size=1, max_size=2)
+    async with Front(1, not_smtp=10, greeting=NOT_SMTP) as liar:   # answers like an HTTP server, not IMAP
+        for port in (liar.port, 1):                                 # and a port where nothing listens
+            r = await client.post("/api/v2/replies/1/mailboxes", headers=admin, json={
+                "host": "127.0.0.1", "port": port, "tls": False, "username": f"u{port}", "password": "p"})
+            assert r.status_code == 201, r.text
+            box_id = r.json()["id"]
+            box = next(b for b in await mailboxes.stored_mailboxes(db) if b.id == box_id)
+            result = await mailboxes.read_once(pool, box, settings.secret_key, deadline=2)
+            assert result.error and result.read == 0, result
+            if port == 1:   # refused at once (the liar is only given up on at the deadline)
+                r = await client.post(f"/api/v2/replies/1/mailboxes/{box_id}/read", headers=admin)
+                assert r.status_code == 200 and r.json()["error"], r.text
+            listed = {b["id"]: b for b in (await client.get("/api/v2/replies/1/mailboxes", headers=admin)).json()}
+            assert listed[box_id]["last_error"] == result.error or port == 1
+    await pool.close()
+    r = await client.post("/api/v2/replies/1/mailboxes", headers=admin, json={
+        "host": "imap.example", "username": "x", "password": "p\r\nA1 LOGOUT"})
+    assert r.status_code == 400 and r.json()["field"] == "password", r.text
+    r = await client.get("/api/v2/replies/2/mailboxes", headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401

@@ -226,3 +226,121 @@ async def test_three_steps_in_four_zones_on_business_days_threaded_across_a_sigk
     assert all(MIN_GAP <= (b - a).total_seconds() <= MAX_GAP for a, b in zip(sydney, sydney[1:], strict=False))
     stats = (await client.get(f"/api/v2/campaigns/1/{campaign_id}/stats", headers=admin)).json()
     assert stats["by_status"]["injected"] == 3 * len(zone_of)
+
+
+# --- spintax, variants, validation -------------------------------------------------------------------------
+
+def test_spintax_is_deterministic_per_contact_and_step() -> None:
+    from engine import spintax
+
+    text = "{Hello|Hi|Good morning} {firstName}, {{ company|upper }} {a|{b|c}} p { color: red }"
+    seen = {spintax.spin(text, f"7:1:{contact}") for contact in range(200)}
+    assert all(spintax.spin(text, f"7:1:{c}") == spintax.spin(text, f"7:1:{c}") for c in range(50))
+    assert len(seen) == 9                      # 3 greetings x 3 endings, every one reached
+    for out in seen:
+        assert "{firstName}" in out and "{{ company|upper }}" in out and "p { color: red }" in out
+    assert spintax.variants("{Hello|Hi} {a|{b|c}}") == (
+        ["Hello a", "Hello b", "Hello c", "Hi a", "Hi b", "Hi c"], 6)
+
+
+def test_variants_split_evenly_over_ten_thousand_contacts() -> None:
+    for n in (2, 3, 4):
+        counts = collections.Counter(sequences.assign_variant(42, 1, c, n, None) for c in range(1, 10_001))
+        assert set(counts) == set(range(n))
+        assert all(abs(k / 10_000 - 1 / n) <= 0.02 for k in counts.values()), counts
+    # the same contact always lands in the same variant; a winner takes every contact from then on
+    assert sequences.assign_variant(42, 1, 7, 2, None) == sequences.assign_variant(42, 1, 7, 2, None)
+    assert {sequences.assign_variant(42, 1, c, 2, 1) for c in range(100)} == {1}
+
+
+def test_the_winner_is_the_best_reply_rate_once_every_variant_has_its_sends() -> None:
+    def row(variant: int, sent: int, replied: int) -> sequences.VariantReport:
+        return sequences.VariantReport(step=1, variant=variant, name=str(variant), sent=sent, delivered=sent,
+                                       bounced=0, replied=replied, unsubscribed=0, reply_rate=replied / sent,
+                                       winner=False)
+
+    assert sequences.pick_winner([row(0, 200, 4), row(1, 150, 9)], 1, 2, 200) is None   # B has too few sends
+    assert sequences.pick_winner([row(0, 200, 4), row(1, 200, 9)], 1, 2, 200) == 1
+    assert sequences.pick_winner([row(0, 200, 4)], 1, 2, 200) is None                  # B never sent
+
+
+async def test_template_save_refuses_unbalanced_spintax_naming_the_position(client, admin, seeded, db) -> None:
+    body = {"tenant_id": 1, "name": "Spin", "language": "en", "subject": "{Hello|Hi there", "body_html": "<p>x</p>"}
+    before = await db.fetchval("SELECT count(*) FROM email_templates")
+    r = await client.post("/api/v2/templates", json=body, headers=admin)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "subject" and "position 0" in r.json()["detail"]
+    r = await client.post("/api/v2/templates", json={**body, "subject": "Hi", "body_html": "<p>{a|b}} x</p>"},
+                          headers=admin)
+    assert r.status_code == 422 and r.json()["field"] == "body_html" and "position 8" in r.json()["detail"]
+    assert await db.fetchval("SELECT count(*) FROM email_templates") == before
+    r = await client.post("/api/v2/spintax/preview", json={"text": "{Hello|Hi} {firstName}"}, headers=admin)
+    assert r.status_code == 200 and r.json() == {"variants": ["Hello {firstName}", "Hi {firstName}"], "total": 2}
+    r = await client.post("/api/v2/spintax/preview", json={"text": "{Hello"}, headers=admin)
+    assert r.status_code == 422 and "position 0" in r.json()["detail"]
+
+
+async def test_sequence_input_is_checked_and_scoped(client, admin, seeded, db) -> None:
+    r = await client.post("/api/v2/campaigns", json={
+        "tenant_id": 1, "name": "Seq", "from_name": "SOS-Expat", "from_email": "hello@sos-expat-mail-01.example"},
+        headers=admin)
+    campaign_id = r.json()["id"]
+    url = f"/api/v2/campaigns/1/{campaign_id}/sequence"
+    cases = [({"steps": [{"delay": {"business_days": 1}}]}, "steps[0].delay"),
+             ({"steps": [{}, {"templates": {"xx": 1}}]}, "steps[1].templates"),
+             ({"steps": [{}, {"templates": {"en": 999999}}]}, "steps[1].templates.en"),
+             ({"steps": [{"variants": [{"name": "A"}]}]}, "steps[0].variants"),
+             ({"steps": [{"variants": [{"name": "A"}, {"name": "B", "subject": "{Hi"}]}]},
+              "steps[0].variants[1].subject"),
+             ({"steps": [{}], "recipient_window": {"start": "17:00", "end": "09:00"}}, "recipient_window.end"),
+             ({"steps": [{}], "recipient_window": {"days": ["sun", "funday"]}}, None),
+             ({"steps": []}, None)]
+    for body, field in cases:
+        r = await client.put(url, json=body, headers=admin)
+        assert r.status_code in (400, 422), (body, r.text)
+        if field is not None:
+            assert r.json()["field"] == field, (body, r.json())
+    assert await db.fetchval("SELECT count(*) FROM campaign_sequences") == 0
+    assert (await client.get(url, headers=admin)).status_code == 404
+    r = await client.put(url, json={"steps": [{}, {"delay": {"business_days": 2}}]}, headers=admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["steps"][1]["delay"] == {"business_days": 2, "hours": 0}
+    assert (await client.put(f"/api/v2/campaigns/2/{campaign_id}/sequence", json={"steps": [{}]},
+                             headers=admin)).status_code == 404
+    assert (await client.get(f"/api/v2/campaigns/2/{campaign_id}/sequence", headers=admin)).status_code == 404
+    await db.execute("UPDATE campaigns SET status = 'sending' WHERE id = $1", campaign_id)
+    r = await client.put(url, json={"steps": [{}]}, headers=admin)
+    assert r.status_code == 409 and r.json()["field"] == "status"
+
+
+def test_stop_rules() -> None:
+    from engine.sending.steps import Stops, stop_reason
+
+    seq = sequences.Sequence(campaign_id=1, steps=[sequences.Step()], stop_on=sequences.StopRules(),
+                             recipient_window=None, winner_after=None, winners={})
+    today = dt.date(2026, 12, 9)
+    none = Stops(replied=False, colleague_replied=False, auto_replied=False, return_date=None, bounced=False)
+    assert stop_reason(seq, none, "acme.example", today) is None
+    assert stop_reason(seq, msgspec_replace(none, replied=True), None, today).endswith("the contact replied")
+    assert stop_reason(seq, msgspec_replace(none, bounced=True), None, today).startswith("sequence stopped")
+    # a colleague's reply stops only with the company rule, and never groups a free-mail domain
+    colleague = msgspec_replace(none, colleague_replied=True)
+    assert stop_reason(seq, colleague, "acme.example", today) is None
+    company = msgspec_replace(seq, stop_on=sequences.StopRules(company=True))
+    assert stop_reason(company, colleague, "acme.example", today) == "sequence stopped: someone at acme.example replied"
+    from engine.sending.steps import company_domain
+    assert company_domain("x@gmail.com") is None and company_domain("x@Acme.example") == "acme.example"
+    # an auto-reply: ignored, a stop, or a wait until its return date
+    ooo = msgspec_replace(none, auto_replied=True, return_date=dt.date(2026, 12, 15))
+    assert stop_reason(seq, ooo, None, today) is None
+    assert stop_reason(msgspec_replace(seq, stop_on=sequences.StopRules(auto_reply=True)), ooo, None, today) == \
+        "sequence stopped: an auto-reply"
+    resume = msgspec_replace(seq, stop_on=sequences.StopRules(resume_after_return=True))
+    assert stop_reason(resume, ooo, None, today) == dt.date(2026, 12, 15)
+    assert stop_reason(resume, ooo, None, dt.date(2026, 12, 16)) is None
+
+
+def msgspec_replace(struct, **changes):
+    import msgspec
+
+    return msgspec.structs.replace(struct, **changes)

@@ -25,7 +25,7 @@ import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
-from engine import campaigns, sequences, suppression, unsubscribe
+from engine import campaigns, replies, sequences, suppression, unsubscribe
 from engine.campaigns import Campaign, CampaignStatus, SendStatus
 from engine.errors import Invalid
 from engine.layout import RenderedEmail, render_email
@@ -108,6 +108,7 @@ class Batch(msgspec.Struct, kw_only=True):
     sequence: sequences.Sequence | None = None
     timezone: str = "UTC"      # the tenant's: a recipient's zone when the contact names none
     book: TemplateBook | None = None
+    reply_address: str | None = None    # a plus-addressed reply mailbox: Reply-To carries each row's token
 
 
 async def _daily_room(db: asyncpg.Pool, campaign: Campaign, tz: str, now: dt.datetime) -> tuple[float, float]:
@@ -206,7 +207,8 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
             await _sleep(stop, min(pause, ctx.tuning.max_wait))
             continue
         batch = Batch(campaign=camp, day=today_in_timezone(tz, now), day_ends_in=seconds_until_tomorrow(tz, now),
-                      sequence=seq, timezone=tz, book=book)
+                      sequence=seq, timezone=tz, book=book,
+                      reply_address=await ctx.pool.fetchval(q("tenant-reply-address"), camp.tenant_id))
         wait = await process_batch(ctx, batch, TenantPolicy.from_settings(state["settings"]), book, rows)
         if wait > 0:
             await _sleep(stop, min(wait, ctx.tuning.max_wait))
@@ -345,7 +347,7 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
     if not pieces:
         return 0.0
     pending: list[sends.Outcome] = []
-    chunk = _build_chunk(ctx, campaign, pieces[0], batch.sequence, batch.book)
+    chunk = _build_chunk(ctx, campaign, pieces[0], batch)
     _keep_marked(chunk, await sends.advance(ctx.pool, campaign.id, ctx.worker_id, chunk.refused, chunk.in_flight))
     wait = 0.0
     for i in range(len(pieces)):
@@ -354,7 +356,7 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
         to_record, pending = pending, []
         if i + 1 < len(pieces):
             await asyncio.sleep(0)  # the chunk reaches the connections first
-            upcoming = _build_chunk(ctx, campaign, pieces[i + 1], batch.sequence, batch.book)
+            upcoming = _build_chunk(ctx, campaign, pieces[i + 1], batch)
             marking = asyncio.ensure_future(sends.advance(
                 ctx.pool, campaign.id, ctx.worker_id, [*to_record, *upcoming.refused], upcoming.in_flight))
             to_record = []
@@ -417,7 +419,9 @@ async def _give_back(ctx: Context, batch: Batch, rows: list[tuple[Prepared, int]
 
 
 def _build_chunk(ctx: Context, campaign: Campaign, piece: list[tuple[Prepared, int, str]],
-                 seq: sequences.Sequence | None = None, book: TemplateBook | None = None) -> Chunk:
+                 batch: Batch | None = None) -> Chunk:
+    seq, book = (batch.sequence, batch.book) if batch is not None else (None, None)
+    reply_address = batch.reply_address if batch is not None else None
     chunk = Chunk(picked=[], outgoing=[], in_flight=[], refused=[])
     for p, ip_id, vmta in piece:
         envelope = str(p.row.id)
@@ -437,7 +441,9 @@ def _build_chunk(ctx: Context, campaign: Campaign, piece: list[tuple[Prepared, i
             data, mid = messages.build_message(
                 from_name=campaign.from_name, from_email=campaign.from_email, to_email=p.row.email,
                 subject=rendered.subject, html=rendered.html, text=rendered.text, envelope_id=envelope,
-                campaign_id=campaign.id, reply_to=campaign.reply_to, headers=headers)
+                campaign_id=campaign.id, headers=headers,
+                reply_to=replies.reply_to(reply_address, ctx.secret_key, p.row.id) if reply_address
+                else campaign.reply_to)
         except Invalid as exc:  # a header the checks refuse (a line break): never sent
             chunk.refused.append(sends.Outcome(id=p.row.id, gen=p.row.claim_gen, status=SendStatus.FAILED,
                                                attempted=0, detail=f"message: {exc.message}"))
