@@ -344,3 +344,82 @@ def msgspec_replace(struct, **changes):
     import msgspec
 
     return msgspec.structs.replace(struct, **changes)
+
+
+async def test_ab_variants_are_sent_counted_and_a_winner_takes_the_new_contacts(
+        client, admin, seeded, db: asyncpg.Connection, settings) -> None:
+    import msgspec
+
+    from engine import replies
+    from tests.campaign_helpers import running_worker
+    from tests.clock_worker import FAST
+    from tests.test_replies import Clock, _mail
+
+    contacts = [{"tenant_id": 1, "data_source_id": 1, "email": f"ab{i}@firm{i}.example", "first_name": f"N{i}",
+                 "company": f"Firm {i}", "language": "en", "tags": ["ab-test"]} for i in range(20)]
+    r = await client.post("/api/v2/contacts/ingest", json={"contacts": contacts}, headers=admin)
+    assert r.status_code in (200, 201), r.text
+    await mark_valid(db)
+    await use_ips(db, 1, [1])
+    template = await _template(client, admin, "AB", "Default subject", "<p>Hi {firstName}</p>")
+    r = await client.post("/api/v2/campaigns", headers=admin, json={
+        "tenant_id": 1, "name": "AB", "from_name": "SOS-Expat", "from_email": "hello@sos-expat-mail-01.example",
+        "templates": {"en": template}, "audience": {"tags": ["ab-test"]}, "daily_cap": 10})
+    campaign_id = r.json()["id"]
+    r = await client.put(f"/api/v2/campaigns/1/{campaign_id}/sequence", headers=admin, json={
+        "steps": [{"variants": [{"name": "A", "subject": "Plain for {company}"},
+                                {"name": "B", "subject": "{Quick|Short} idea for {company}"}]}],
+        "winner_after": 3})
+    assert r.status_code == 200, r.text
+    clock = Clock(dt.datetime(2026, 12, 7, 10, 0, tzinfo=dt.UTC))
+    async with SmtpTestServer() as smtp:
+        worker_settings = msgspec.structs.replace(settings, pmta_host=smtp.host, pmta_port=smtp.port)
+        async with running_worker(worker_settings, clock=clock, dispatch_tuning=FAST):
+            r = await client.post(f"/api/v2/campaigns/1/{campaign_id}/start", headers=admin)
+            assert r.status_code == 200, r.text
+            deadline = time.monotonic() + 60
+            while len(smtp.messages) < 10 or await db.fetchval(
+                    "SELECT count(*) FROM sends WHERE campaign_id = $1 AND status IN ('claimed', 'sending')",
+                    campaign_id):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            day_one = {m.rcpt_tos[0]: m for m in smtp.messages}
+            assert len(day_one) == 10          # the daily cap
+            variant_of = {r["email"]: r["variant"] for r in await db.fetch(
+                "SELECT c.email, s.variant FROM sends s JOIN contacts c ON c.id = s.contact_id "
+                "WHERE s.campaign_id = $1 AND s.status = 'injected'", campaign_id)}
+            for email, message in day_one.items():
+                subject = message.headers["Subject"]
+                assert subject.startswith("Plain for Firm") if variant_of[email] == 0 else \
+                    subject.split(" idea for ")[0] in ("Quick", "Short"), (variant_of[email], subject)
+            counts = collections.Counter(variant_of.values())
+            # the split is a hash of (campaign, step, contact): the same ten contacts split the same way every run
+            assert min(counts[0], counts[1]) >= 3, counts
+            # Two contacts of B answer: B's reply rate wins once both variants have three sends
+            for email in [e for e, v in variant_of.items() if v == 1][:2]:
+                parsed = replies.parse(_mail(From=email, To="team@sos-expat-mail-01.example", Subject="Re",
+                                             Message_ID=f"<r-{email}>",
+                                             In_Reply_To=day_one[email].headers["Message-ID"]).as_bytes(),
+                                       now=dt.datetime.now(dt.UTC))
+                assert await replies.record(db, 1, None, parsed) == "human"
+            deadline = time.monotonic() + 30
+            while not (await db.fetchval("SELECT winner FROM campaign_sequences WHERE campaign_id = $1",
+                                         campaign_id)).get("steps"):
+                assert time.monotonic() < deadline, "no winner decided"
+                await asyncio.sleep(0.05)
+            clock.now += dt.timedelta(days=1)         # the next day: the cap opens again
+            deadline = time.monotonic() + 60
+            while await db.fetchval("SELECT count(*) FROM sends WHERE campaign_id = $1 AND status = 'injected'",
+                                    campaign_id) < 20:
+                assert time.monotonic() < deadline, "the second day never went out"
+                await asyncio.sleep(0.05)
+    later = await db.fetch("SELECT c.email, s.variant FROM sends s JOIN contacts c ON c.id = s.contact_id "
+                           "WHERE s.campaign_id = $1 AND NOT (c.email = ANY($2::text[]))", campaign_id,
+                           list(day_one))
+    assert len(later) == 10 and {r["variant"] for r in later} == {1}
+    r = await client.get(f"/api/v2/campaigns/1/{campaign_id}/variants", headers=admin)
+    assert r.status_code == 200, r.text
+    report = {v["name"]: v for v in r.json()}
+    assert report["B"]["winner"] and not report["A"]["winner"]
+    assert report["A"]["sent"] + report["B"]["sent"] == 20 and report["B"]["replied"] == 2
+    assert report["B"]["sent"] == counts[1] + 10
