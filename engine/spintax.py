@@ -122,6 +122,8 @@ def spin(text: str, seed: str) -> str:
         pieces = _pieces(text)
     except Unprocessable:
         return text   # checked at save time; a rendered value with a stray brace is sent as it is
+    if not any(isinstance(piece, Group) for piece in pieces):
+        return text   # braces and bars, but no group (`{{ name|upper }}`, CSS): the very same string
     out: list[str] = []
     _spin(pieces, seed, out)
     return "".join(out)

@@ -423,3 +423,41 @@ async def test_ab_variants_are_sent_counted_and_a_winner_takes_the_new_contacts(
     assert report["B"]["winner"] and not report["A"]["winner"]
     assert report["A"]["sent"] + report["B"]["sent"] == 20 and report["B"]["replied"] == 2
     assert report["B"]["sent"] == counts[1] + 10
+
+
+async def test_a_campaign_without_a_sequence_spins_its_template_too(client, admin, seeded, db, settings) -> None:
+    import msgspec
+
+    from engine import spintax
+    from tests.campaign_helpers import running_worker
+    from tests.clock_worker import FAST
+
+    contacts = [{"tenant_id": 1, "data_source_id": 1, "email": f"sp{i}@spin{i}.example", "first_name": f"S{i}",
+                 "company": f"Spin {i}", "language": "en", "tags": ["spin-test"]} for i in range(12)]
+    r = await client.post("/api/v2/contacts/ingest", json={"contacts": contacts}, headers=admin)
+    assert r.status_code in (200, 201), r.text
+    await mark_valid(db)
+    await use_ips(db, 1, [1])
+    source = "{Alpha|Beta|Gamma} news for {company}"
+    template = await _template(client, admin, "Spin", source, "<p>{Hello|Hi} {firstName}</p>")
+    r = await client.post("/api/v2/campaigns", headers=admin, json={
+        "tenant_id": 1, "name": "Spin", "from_name": "SOS-Expat", "from_email": "hello@sos-expat-mail-01.example",
+        "templates": {"en": template}, "audience": {"tags": ["spin-test"]}})
+    campaign_id = r.json()["id"]
+    async with SmtpTestServer() as smtp:
+        worker_settings = msgspec.structs.replace(settings, pmta_host=smtp.host, pmta_port=smtp.port)
+        async with running_worker(worker_settings, dispatch_tuning=FAST):
+            assert (await client.post(f"/api/v2/campaigns/1/{campaign_id}/start", headers=admin)).status_code == 200
+            await wait_for_status(db, campaign_id, "completed", within=60)
+        messages = list(smtp.messages)
+    ids = {r["email"]: (r["contact_id"], r["company"]) for r in await db.fetch(
+        "SELECT c.email, s.contact_id, c.company FROM sends s JOIN contacts c ON c.id = s.contact_id "
+        "WHERE s.campaign_id = $1", campaign_id)}
+    assert len(messages) == 12
+    subjects = set()
+    for m in messages:
+        contact_id, company = ids[m.rcpt_tos[0]]
+        expected = spintax.spin(source, f"{campaign_id}:1:{contact_id}").replace("{company}", company)
+        assert m.headers["Subject"] == expected
+        subjects.add(m.headers["Subject"].split()[0])
+    assert subjects <= {"Alpha", "Beta", "Gamma"} and len(subjects) > 1

@@ -284,6 +284,8 @@ def _prepare(ctx: Context, campaign: Campaign, book: TemplateBook, row: sends.Cl
         template = steps.choose(book, campaign, seq, plan, row.language, row.category or campaign.category)
     else:
         template = book.choose(row.language, row.category or campaign.category, campaign.templates)
+        if template is not None:   # spintax: the same reading as step 1 of a sequence would give
+            template = steps.spun(template, f"{campaign.id}:1:{row.contact_id}")
     if template is None:
         return sends.Outcome(id=row.id, gen=row.claim_gen, status=SendStatus.SKIPPED, attempted=0,
                              detail=f"no template for language {row.language!r} and category {row.category!r}")
