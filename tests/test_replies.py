@@ -231,6 +231,12 @@ async def test_replies_in_the_mailbox_stop_pause_and_stop_the_company(
     assert listed == {(people["alice"], "human", "in-reply-to", 1), (people["bob"], "auto_reply", "references", 1),
                       ("frank@corp.example", "human", "in-reply-to", 1), (people["erin"], "human", "sender", 1),
                       ("h.private@elsewhere.example", "human", "token", 1)}
+    alice = await db.fetchval("SELECT id FROM contacts WHERE email = $1", people["alice"])
+    r = await client.get(f"/api/v2/contacts/1/{alice}/events", headers=admin)
+    assert r.status_code == 200, r.text
+    replied = [e for e in r.json() if e["kind"] == "replied"]
+    assert replied and replied[0]["detail"] == {"campaign_id": campaign_id, "reply": "human"}, r.text
+    r = await client.get(f"/api/v2/campaigns/1/{campaign_id}/replies", headers=admin)
     bob = next(x for x in r.json()["items"] if x["from_email"] == people["bob"])
     assert bob["return_date"] == "2026-12-15"
     r = await client.get(f"/api/v2/campaigns/2/{campaign_id}/replies", headers=admin)

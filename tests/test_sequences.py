@@ -461,3 +461,14 @@ async def test_a_campaign_without_a_sequence_spins_its_template_too(client, admi
         assert m.headers["Subject"] == expected
         subjects.add(m.headers["Subject"].split()[0])
     assert subjects <= {"Alpha", "Beta", "Gamma"} and len(subjects) > 1
+
+
+def test_thread_subjects_follow_each_languages_convention() -> None:
+    from engine.sending.steps import thread_subject
+
+    assert thread_subject("Une question", "fr") == "Re: Une question"
+    assert thread_subject("Eine Frage", "de-DE") == "AW: Eine Frage"
+    assert thread_subject("Uma pergunta", "pt") == "RES: Uma pergunta"
+    assert thread_subject("一个问题", "zh") == "回复：一个问题"
+    assert thread_subject("سؤال", "ar") == "رد: سؤال"
+    assert thread_subject("Re: already", "en") == "Re: already"       # never "Re: Re: "

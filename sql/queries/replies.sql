@@ -32,12 +32,20 @@ UPDATE sends SET status = 'bounced', bounce_category = coalesce(bounce_category,
 WHERE id = $1 AND status IN ('sending', 'injected', 'deferred', 'delivered');
 
 -- name: insert-reply
--- Once per Message-ID: a mailbox read twice stores nothing twice.
-INSERT INTO replies (tenant_id, campaign_id, contact_id, send_id, mailbox_id, kind, matched_by, from_email,
-                     subject, message_id, return_date, received_at)
-VALUES ($1, $2, $3, $4, $5, $6::reply_kind, $7, $8, $9, $10, $11, $12)
-ON CONFLICT (tenant_id, message_id) DO NOTHING
-RETURNING id;
+-- Once per Message-ID: a mailbox read twice stores nothing twice. The contact's history says it replied
+-- (the kind and the campaign only: never the sender or the text).
+WITH stored AS (
+    INSERT INTO replies (tenant_id, campaign_id, contact_id, send_id, mailbox_id, kind, matched_by, from_email,
+                         subject, message_id, return_date, received_at)
+    VALUES ($1, $2, $3, $4, $5, $6::reply_kind, $7, $8, $9, $10, $11, $12)
+    ON CONFLICT (tenant_id, message_id) DO NOTHING
+    RETURNING id, contact_id
+), event AS (
+    INSERT INTO contact_events (contact_id, tenant_id, kind, detail)
+    SELECT contact_id, $1, 'replied', jsonb_build_object('campaign_id', $2::bigint, 'reply', $6::text)
+    FROM stored
+)
+SELECT id FROM stored;
 
 -- name: list-replies
 -- A campaign's replies, oldest first, keyset on id; optionally one contact's, or one kind.
