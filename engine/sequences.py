@@ -25,6 +25,7 @@ from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError
 import asyncpg
 import msgspec
 
+from engine import spintax
 from engine.errors import Conflict, Invalid, NotFound
 from engine.languages import LANGUAGES
 from sql import q
@@ -119,8 +120,6 @@ class Sequence(msgspec.Struct, frozen=True, kw_only=True):
 
 def check_sequence(draft: SequenceDraft) -> None:
     """Rules the Struct cannot express: a first step without delay, known languages, a window that opens."""
-    from engine import spintax
-
     if draft.steps[0].delay != Delay():
         raise Invalid("steps[0].delay: the opening message has no delay", field="steps[0].delay")
     for i, step in enumerate(draft.steps):

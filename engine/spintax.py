@@ -9,6 +9,7 @@ same contact always reads the same words.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Iterator
 from functools import lru_cache
@@ -101,9 +102,8 @@ def check(text: str, field: str) -> None:
 
 
 def _hash(seed: str, source: str) -> int:
-    from engine.sequences import bucket
-
-    return bucket("spin", seed, source)
+    digest = hashlib.blake2b(f"spin\x1f{seed}\x1f{source}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def _spin(pieces: list[str | Group], seed: str, out: list[str]) -> None:

@@ -226,6 +226,9 @@ async def test_three_steps_in_four_zones_on_business_days_threaded_across_a_sigk
     assert all(MIN_GAP <= (b - a).total_seconds() <= MAX_GAP for a, b in zip(sydney, sydney[1:], strict=False))
     stats = (await client.get(f"/api/v2/campaigns/1/{campaign_id}/stats", headers=admin)).json()
     assert stats["by_status"]["injected"] == 3 * len(zone_of)
+    page = (await client.get(f"/api/v2/campaigns/1/{campaign_id}/sends?limit=1000", headers=admin)).json()
+    assert collections.Counter(r["step"] for r in page["items"]) == {1: len(zone_of), 2: len(zone_of),
+                                                                      3: len(zone_of)}
 
 
 # --- spintax, variants, validation -------------------------------------------------------------------------
