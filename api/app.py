@@ -33,7 +33,9 @@ from api import (
     mailwizz,
     metrics,
     pmta,
+    replies,
     reputation,
+    sequences,
     suppressions,
     templates,
     tenants,
@@ -82,7 +84,7 @@ def controllers() -> Sequence[Any]:
     return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES,
             *suppressions.ROUTES, *templates.ROUTES, *ips.ROUTES, *domains.ROUTES, *warmup.ROUTES,
             *mailwizz.ROUTES, *feedback.ROUTES, *dns.ROUTES,
-            *pmta.ROUTES, *audit.ROUTES, *reputation.ROUTES]
+            *pmta.ROUTES, *audit.ROUTES, *reputation.ROUTES, *sequences.ROUTES, *replies.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),

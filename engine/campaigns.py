@@ -146,6 +146,7 @@ class SendRow(msgspec.Struct, frozen=True, kw_only=True):
     injected_at: dt.datetime | None
     finished_at: dt.datetime | None
     next_attempt_at: dt.datetime | None
+    step: int = 1                 # the step of the campaign's sequence (1: the opening message)
 
 
 class Stats(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 
+from engine import spintax
 from engine.errors import Invalid, NotFound, TooLarge, Unprocessable
 from engine.languages import LANGUAGES, normalise_language, template_language
 from engine.layout import compile_email, render_email
@@ -155,6 +156,9 @@ def check_sources(subject: str, body_html: str, body_text: str | None, declared:
     for field, source in (("body_html", body_html), ("body_text", body_text)):
         if source is not None and len(source.encode()) > MAX_BODY_BYTES:
             raise TooLarge(f"{field}: larger than {MAX_BODY_BYTES} bytes", field=field)
+    for field, source in (("subject", subject), ("body_html", body_html), ("body_text", body_text)):
+        if source is not None:
+            spintax.check(source, field)   # an unbalanced brace: 422 naming its position
     # What is left is the template language itself: syntax errors and everything the sandbox policy refuses.
     problems = check_template(subject, body_html, body_text)
     if problems:

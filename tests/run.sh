@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: installs what the suite needs (a virtualenv with the dev extra, Debian's chromium, prometheus and
-# Postfix's smtp-sink when missing), then runs pytest. Extra arguments go to pytest.
+# The test command: installs what the suite needs (a virtualenv with the dev extra, Debian's chromium, prometheus,
+# Dovecot and Postfix's smtp-sink when missing), then runs pytest. Extra arguments go to pytest.
 #
 # With EMAIL_ENGINE_TEST_DATABASE_URL / EMAIL_ENGINE_TEST_REDIS_URL set, the suite uses those servers;
 # otherwise it starts embedded PostgreSQL and Redis itself.

@@ -108,6 +108,14 @@ async def test_every_mutating_operation_leaves_exactly_one_audit_row(walk_client
     campaign = await call("POST", "/api/v2/campaigns", json=DRAFT, headers=sos)
     cid = campaign["id"]
     await call("PUT", f"/api/v2/campaigns/1/{cid}", json={**DRAFT, "name": "Avocats FR v2"}, headers=sos)
+    await call("PUT", f"/api/v2/campaigns/1/{cid}/sequence", json={"steps": [{}]}, headers=sos)
+    await call("PUT", "/api/v2/sequences/1/holidays", json={"holidays": [{"day": "2026-12-25", "name": "Noël"}]},
+               headers=sos)
+    await call("POST", "/api/v2/spintax/preview", json={"text": "{Bonjour|Salut}"}, headers=sos)
+    box = await call("POST", "/api/v2/replies/1/mailboxes", headers=sos, json={
+        "host": "127.0.0.1", "port": 1, "tls": False, "username": "replies", "password": "imap-secret"})
+    await call("POST", f"/api/v2/replies/1/mailboxes/{box['id']}/read", headers=sos)
+    await call("DELETE", f"/api/v2/replies/1/mailboxes/{box['id']}", headers=sos)
     for action in ("start", "pause", "resume", "cancel"):
         await call("POST", f"/api/v2/campaigns/1/{cid}/{action}", headers=sos)
     await call("DELETE", f"/api/v2/campaigns/1/{cid}", headers=sos)

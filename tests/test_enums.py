@@ -10,6 +10,7 @@ from engine.data_sources import DataSourceKind
 from engine.health import Scope as HealthScope
 from engine.imports import ImportStatus
 from engine.ips import IpStatus
+from engine.replies import ReplyKind
 from engine.sending.grants import QuotaScope
 from engine.suppression import SuppressionReason
 from engine.tenants import TenantTransport
@@ -23,6 +24,7 @@ PYTHON: dict[str, type[StrEnum]] = {
     "import_status": ImportStatus,
     "ip_status": IpStatus,
     "quota_scope": QuotaScope,
+    "reply_kind": ReplyKind,
     "send_status": SendStatus,
     "suppression_reason": SuppressionReason,
     "tenant_transport": TenantTransport,

@@ -68,6 +68,7 @@ async def on_startup(ctx: dict) -> None:
         expedite_validation=expediter(ctx["redis"], settings.queue_name),
         **({"tuning": ctx["dispatch_tuning"]} if "dispatch_tuning" in ctx else {}),
         **({"retry_delay": ctx["retry_delay"]} if "retry_delay" in ctx else {}),
+        **({"clock": ctx["clock"]} if "clock" in ctx else {}),
     )
     await sends.heartbeat(pool, worker_id)
     loops: dict[int, asyncio.Task] = {}

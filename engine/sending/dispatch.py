@@ -27,13 +27,13 @@ import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
-from engine import campaigns, health, suppression, unsubscribe
+from engine import campaigns, health, replies, sequences, suppression, unsubscribe
 from engine.campaigns import Campaign, CampaignStatus, SendStatus
 from engine.errors import Invalid
 from engine.layout import RenderedEmail, render_email
 from engine.providers import provider_for_mx
 from engine.rendering import CompiledTemplate, MissingVariable, TemplateRejected, render_context
-from engine.sending import backoff, grants, messages, policy, sends
+from engine.sending import backoff, grants, messages, policy, sends, steps
 from engine.sending.grants import Item
 from engine.sending.policy import BounceClass, Hold, Skip, TenantPolicy
 from engine.sending.retry import next_retry_delay
@@ -65,6 +65,10 @@ class Tuning(msgspec.Struct, frozen=True, kw_only=True):
 Expedite = Callable[[int, list[int]], Awaitable[None]]
 
 
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 class Context(msgspec.Struct, kw_only=True):
     """What a campaign run needs; built once per worker."""
 
@@ -81,6 +85,8 @@ class Context(msgspec.Struct, kw_only=True):
     expedite_validation: Expedite | None = None
     retry_delay: Callable[[int], float | None] = next_retry_delay
     tuning: Tuning = Tuning()
+    # the time every decision is taken at (windows, days, due rows); a test drives it
+    clock: Callable[[], dt.datetime] = _now
 
 
 class Prepared(msgspec.Struct, kw_only=True):
@@ -89,6 +95,7 @@ class Prepared(msgspec.Struct, kw_only=True):
     compiled: CompiledTemplate
     token: str
     provider: str
+    plan: steps.RowPlan | None = None    # the row's step, variant and thread (a campaign with a sequence)
 
     def item(self) -> Item:
         return Item(held=sends.Held(self.row.id, self.row.claim_gen), provider=self.provider)
@@ -100,10 +107,10 @@ class Batch(msgspec.Struct, kw_only=True):
     campaign: Campaign
     day: dt.date
     day_ends_in: float
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    sequence: sequences.Sequence | None = None
+    timezone: str = "UTC"      # the tenant's: a recipient's zone when the contact names none
+    book: TemplateBook | None = None
+    reply_address: str | None = None    # a plus-addressed reply mailbox: Reply-To carries each row's token
 
 
 async def _daily_room(db: asyncpg.Pool, campaign: Campaign, tz: str, now: dt.datetime) -> tuple[float, float]:
@@ -155,16 +162,21 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
         if state["status"] != CampaignStatus.SENDING:
             return state["status"]
         camp = await campaigns.get_campaign(ctx.pool, state["tenant_id"], campaign_id)
-        now = _now()
+        seq = await sequences.get_sequence(ctx.pool, campaign_id)
+        now = ctx.clock()
         if first_recovery or time.monotonic() - last_recovery > ctx.tuning.recover_every:
             live = [w for w in await ctx.live_workers() if not (first_recovery and w == ctx.worker_id)]
             total, in_flight = await sends.recover_orphans(ctx.pool, campaign_id, live)
             if total:
                 log.warning("campaign %s: requeued %s rows of dead workers or of a broken loop (%s were in flight)",
                             campaign_id, total, in_flight)
+            if seq is not None and seq.winner_after is not None:
+                await sequences.decide_winners(ctx.pool, seq)
             last_recovery, first_recovery = time.monotonic(), False
         if not camp.audience_ready:
             await fill_audience(ctx, camp)
+        if seq is not None and len(seq.steps) > 1:
+            await steps.write_next_steps(ctx.pool, camp, seq, tz, now)
         wait = policy.window_wait(camp.send_window, now)
         if wait > 0:
             await campaigns.set_wait_reason(ctx.pool, campaign_id, "outside the sending window")
@@ -184,18 +196,21 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
             await campaigns.set_wait_reason(ctx.pool, campaign_id, None)
         # A fresh book per batch: a template edited mid-campaign is used from the next batch on.
         book = await load_template_book(ctx.pool, camp.tenant_id)
-        rows = await sends.claim(ctx.pool, campaign_id, ctx.worker_id, int(min(ctx.tuning.batch, room)))
+        rows = await sends.claim(ctx.pool, campaign_id, ctx.worker_id, int(min(ctx.tuning.batch, room)), now=now)
         if not rows:
-            if await campaigns.complete_if_done(ctx.pool, campaign_id):
+            complete = steps.complete_if_done if seq is not None and len(seq.steps) > 1 else campaigns.complete_if_done
+            if await complete(ctx.pool, campaign_id):
                 log.info("campaign %s completed", campaign_id)
                 return "completed"
             left = await sends.progress(ctx.pool, campaign_id)
             pause = ctx.tuning.idle
             if left["active"] == 0 and left["next_retry"] is not None:
-                pause = max(0.05, (left["next_retry"] - _now()).total_seconds())
+                pause = max(0.05, (left["next_retry"] - ctx.clock()).total_seconds())
             await _sleep(stop, min(pause, ctx.tuning.max_wait))
             continue
-        batch = Batch(campaign=camp, day=today_in_timezone(tz, now), day_ends_in=seconds_until_tomorrow(tz, now))
+        batch = Batch(campaign=camp, day=today_in_timezone(tz, now), day_ends_in=seconds_until_tomorrow(tz, now),
+                      sequence=seq, timezone=tz, book=book,
+                      reply_address=await ctx.pool.fetchval(q("tenant-reply-address"), camp.tenant_id))
         wait = await process_batch(ctx, batch, TenantPolicy.from_settings(state["settings"]), book, rows)
         if wait > 0:
             await _sleep(stop, min(wait, ctx.tuning.max_wait))
@@ -217,12 +232,18 @@ async def process_batch(ctx: Context, batch: Batch, tenant: TenantPolicy, book: 
                         rows: list[sends.Claimed]) -> float:
     """Run the checks on claimed rows and inject those that pass; return how long to wait (0 = go on)."""
     campaign = batch.campaign
-    now = _now()
+    now = ctx.clock()
     done: list[sends.Outcome] = []
     validating: list[int] = []
     emails = [r.email for r in rows if r.email]
     blocked = await suppression.suppressed_among(ctx.pool, campaign.tenant_id, emails)
     ready: list[Prepared] = []
+    plans: dict[int, steps.RowPlan] = {}
+    if batch.sequence is not None:
+        plans, stopped = await steps.plan(ctx.pool, ctx.redis, ctx.namespace, ctx.worker_id, campaign, batch.sequence,
+                                          batch.timezone, rows, now)
+        done.extend(stopped)
+        rows = [r for r in rows if r.id in plans]
     for row in rows:
         found = policy.verdict(policy.Row(email=row.email, contact_status=row.contact_status,
                                           waiting_since=row.waiting_since), blocked, tenant, now)
@@ -236,7 +257,7 @@ async def process_batch(ctx: Context, batch: Batch, tenant: TenantPolicy, book: 
                 id=row.id, gen=row.claim_gen, status=SendStatus.DEFERRED, attempted=0, detail=found.reason,
                 waiting=True, next_attempt_at=now + dt.timedelta(seconds=ctx.tuning.validation_recheck)))
             continue
-        prepared_or_reason = _prepare(ctx, campaign, book, row)
+        prepared_or_reason = _prepare(ctx, campaign, book, row, batch.sequence, plans.get(row.id))
         if isinstance(prepared_or_reason, sends.Outcome):
             done.append(prepared_or_reason)
         else:
@@ -262,25 +283,43 @@ async def process_batch(ctx: Context, batch: Batch, tenant: TenantPolicy, book: 
     return wait
 
 
-def _prepare(ctx: Context, campaign: Campaign, book: TemplateBook, row: sends.Claimed) -> Prepared | sends.Outcome:
+def _prepare(ctx: Context, campaign: Campaign, book: TemplateBook, row: sends.Claimed,
+             seq: sequences.Sequence | None = None, plan: steps.RowPlan | None = None) -> Prepared | sends.Outcome:
     """The row's template and unsubscribe token; the render itself waits for the chunk (see _build_chunk)."""
-    template = book.choose(row.language, row.category or campaign.category, campaign.templates)
+    if seq is not None and plan is not None:
+        template = steps.choose(book, campaign, seq, plan, row.language, row.category or campaign.category)
+    else:
+        template = book.choose(row.language, row.category or campaign.category, campaign.templates)
+        if template is not None:   # spintax: the same reading as step 1 of a sequence would give
+            template = steps.spun(template, f"{campaign.id}:1:{row.contact_id}")
     if template is None:
         return sends.Outcome(id=row.id, gen=row.claim_gen, status=SendStatus.SKIPPED, attempted=0,
                              detail=f"no template for language {row.language!r} and category {row.category!r}")
     token = unsubscribe.make_token(ctx.secret_key, tenant_id=campaign.tenant_id, email=row.email,
                                    contact_id=row.contact_id, campaign_id=campaign.id, language=template.language)
     return Prepared(row=row, template=template, compiled=book.compiled(template), token=token,
-                    provider=provider_for_mx(row.mx_host))
+                    provider=provider_for_mx(row.mx_host), plan=plan)
 
 
-def _render(ctx: Context, p: Prepared) -> RenderedEmail:
+def _render(ctx: Context, p: Prepared, seq: sequences.Sequence | None = None,
+            book: TemplateBook | None = None) -> RenderedEmail:
     row = p.row
     contact = {"email": row.email, "first_name": row.first_name, "last_name": row.last_name,
                "company": row.company, "website": row.website, "country": row.country,
                "language": row.language, "category": row.category}
-    return render_email(p.compiled, render_context(contact, row.custom, unsubscribe.unsubscribe_url(ctx.public_url,
-                                                                                                   p.token)))
+    context = render_context(contact, row.custom, unsubscribe.unsubscribe_url(ctx.public_url, p.token))
+    rendered = render_email(p.compiled, context)
+    if seq is None or p.plan is None:
+        return rendered
+    subject = steps.variant_subject(seq, p.plan, context) or rendered.subject
+    if steps.threaded(seq, p.plan) and book is not None:
+        # A follow-up in the thread keeps the opening message's subject, as a reply would.
+        first_template, first = steps.opening(book, seq, p.plan, row.contact_id)
+        opening = steps.variant_subject(seq, first, context)
+        if opening is None and first_template is not None:
+            opening = render_email(book.compiled(first_template), context).subject
+        subject = steps.thread_subject(opening or subject, row.language)
+    return msgspec.structs.replace(rendered, subject=subject)
 
 
 class Chunk(msgspec.Struct, kw_only=True):
@@ -320,7 +359,7 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
     if not pieces:
         return 0.0
     pending: list[sends.Outcome] = []
-    chunk = _build_chunk(ctx, campaign, pieces[0])
+    chunk = _build_chunk(ctx, campaign, pieces[0], batch)
     _keep_marked(chunk, await sends.advance(ctx.pool, campaign.id, ctx.worker_id, chunk.refused, chunk.in_flight))
     wait = 0.0
     for i in range(len(pieces)):
@@ -329,7 +368,7 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
         to_record, pending = pending, []
         if i + 1 < len(pieces):
             await asyncio.sleep(0)  # the chunk reaches the connections first
-            upcoming = _build_chunk(ctx, campaign, pieces[i + 1])
+            upcoming = _build_chunk(ctx, campaign, pieces[i + 1], batch)
             marking = asyncio.ensure_future(sends.advance(
                 ctx.pool, campaign.id, ctx.worker_id, [*to_record, *upcoming.refused], upcoming.in_flight))
             to_record = []
@@ -390,23 +429,28 @@ def _keep_marked(chunk: Chunk, marked: set[int]) -> None:
 async def _give_back(ctx: Context, batch: Batch, rows: list[tuple[Prepared, int]], *, retry: bool = True) -> None:
     if not rows:
         return
-    retry_at = _now() + dt.timedelta(seconds=ctx.tuning.unreachable_retry) if retry else None
+    retry_at = ctx.clock() + dt.timedelta(seconds=ctx.tuning.unreachable_retry) if retry else None
     await grants.give_back(ctx.pool, ctx.redis, ctx.rotator, ctx.namespace, ctx.worker_id,
                            tenant_id=batch.campaign.tenant_id, campaign_id=batch.campaign.id,
                            capped=batch.campaign.daily_cap is not None, day=batch.day,
                            items=[(p.item(), ip_id) for p, ip_id in rows], retry_at=retry_at)
 
 
-def _build_chunk(ctx: Context, campaign: Campaign, piece: list[tuple[Prepared, int, str]]) -> Chunk:
+def _build_chunk(ctx: Context, campaign: Campaign, piece: list[tuple[Prepared, int, str]],
+                 batch: Batch | None = None) -> Chunk:
+    seq, book = (batch.sequence, batch.book) if batch is not None else (None, None)
+    reply_address = batch.reply_address if batch is not None else None
     chunk = Chunk(picked=[], outgoing=[], in_flight=[], refused=[])
     for p, ip_id, vmta in piece:
         envelope = str(p.row.id)
         headers = unsubscribe.list_unsubscribe_headers(ctx.public_url, p.token)
         headers["Feedback-ID"] = f"{campaign.id}:{campaign.tenant_id}:email-engine"
+        if seq is not None and p.plan is not None and steps.threaded(seq, p.plan):
+            headers.update(steps.thread_headers(p.plan))
         # Rendered here rather than when the batch is checked: this runs while the chunk before is on the
         # wire. A row that fails here keeps its quota token counted (never lost, never given twice).
         try:
-            rendered = _render(ctx, p)
+            rendered = _render(ctx, p, seq, book)
         except (MissingVariable, TemplateRejected) as exc:
             chunk.refused.append(sends.Outcome(id=p.row.id, gen=p.row.claim_gen, status=SendStatus.FAILED,
                                                attempted=0, detail=f"render: {exc.message}"))
@@ -415,7 +459,9 @@ def _build_chunk(ctx: Context, campaign: Campaign, piece: list[tuple[Prepared, i
             data, mid = messages.build_message(
                 from_name=campaign.from_name, from_email=campaign.from_email, to_email=p.row.email,
                 subject=rendered.subject, html=rendered.html, text=rendered.text, envelope_id=envelope,
-                campaign_id=campaign.id, reply_to=campaign.reply_to, headers=headers)
+                campaign_id=campaign.id, headers=headers,
+                reply_to=replies.reply_to(reply_address, ctx.secret_key, p.row.id) if reply_address
+                else campaign.reply_to)
         except Invalid as exc:  # a header the checks refuse (a line break): never sent
             chunk.refused.append(sends.Outcome(id=p.row.id, gen=p.row.claim_gen, status=SendStatus.FAILED,
                                                attempted=0, detail=f"message: {exc.message}"))
@@ -463,5 +509,5 @@ def _sort_results(ctx: Context, chunk: Chunk, results: list[SendResult]) -> Resu
             out.final.append((ip_id, 1, 0))
             continue
         out.outcomes.append(sends.Outcome(status=SendStatus.DEFERRED, category=found.category,
-                                          next_attempt_at=_now() + dt.timedelta(seconds=delay), **common))
+                                          next_attempt_at=ctx.clock() + dt.timedelta(seconds=delay), **common))
     return out

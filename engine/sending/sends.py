@@ -83,8 +83,9 @@ class Stamp(msgspec.Struct, frozen=True):
     vmta: str
 
 
-async def claim(db: Db, campaign_id: int, worker_id: str, n: int) -> list[Claimed]:
-    return [Claimed(**r) for r in await db.fetch(q("claim-sends"), campaign_id, worker_id, n)]
+async def claim(db: Db, campaign_id: int, worker_id: str, n: int, *, now: dt.datetime | None = None) -> list[Claimed]:
+    """Up to `n` rows that are due at `now` (default: the database's clock)."""
+    return [Claimed(**r) for r in await db.fetch(q("claim-sends"), campaign_id, worker_id, n, now)]
 
 
 async def stamp(db: asyncpg.Connection, stamps: Sequence[Stamp], worker_id: str) -> set[int]:

@@ -89,7 +89,7 @@ GROUP BY language, status;
 -- returns: SendRow
 SELECT s.id, s.contact_id, c.email, s.status::text AS status, s.attempts, s.language, s.template_id,
        s.template_version, s.vmta, s.smtp_code, s.smtp_status, s.detail, s.message_id, s.injected_at,
-       s.finished_at, s.next_attempt_at
+       s.finished_at, s.next_attempt_at, s.step::int AS step
 FROM sends s LEFT JOIN contacts c ON c.id = s.contact_id AND c.tenant_id = s.tenant_id
 WHERE s.campaign_id = $1 AND s.tenant_id = $2 AND s.id > $3
   AND ($4::text IS NULL OR s.status = $4::send_status)
@@ -117,7 +117,7 @@ WITH page AS (
 ), ins AS (
     INSERT INTO sends (tenant_id, campaign_id, contact_id, language)
     SELECT $1, $2, id, language FROM page
-    ON CONFLICT (campaign_id, contact_id) DO NOTHING
+    ON CONFLICT (campaign_id, contact_id, step) DO NOTHING
 )
 SELECT max(id) AS last_id, count(*) AS n FROM page;
 

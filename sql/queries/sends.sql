@@ -2,12 +2,12 @@
 -- Takes the next rows of one campaign for this worker. SKIP LOCKED lets any number of workers share a
 -- campaign without waiting on each other; the claim is visible to recovery through claimed_by, and the
 -- bumped claim_gen fences every later write to the row (see record-and-mark). The contact's fields come
--- back in the same round trip.
+-- back in the same round trip. $4 is the sender's clock (NULL: the database's).
 -- returns: Claimed
 WITH picked AS (
     SELECT id FROM sends
     WHERE campaign_id = $1
-      AND (status = 'queued' OR (status = 'deferred' AND next_attempt_at <= now()))
+      AND (status = 'queued' OR (status = 'deferred' AND next_attempt_at <= coalesce($4::timestamptz, now())))
     ORDER BY id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
