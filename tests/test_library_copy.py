@@ -54,7 +54,7 @@ SPAM_WORDS = {
 }
 _MONEY = re.compile(r"[$€£¥₹₽]")
 # Words written in capitals on purpose: brand names and acronyms.
-CAPITALS_ALLOWED = frozenset({"SOS", "RGPD", "GDPR", "DSGVO", "LGPD", "FAQ", "PDF", "CV", "URL", "HR", "RH"})
+CAPITALS_ALLOWED = frozenset({"SOS", "RGPD", "GDPR", "DSGVO", "LGPD", "FAQ", "PDF", "CV", "URL", "HR", "RH", "NIE", "NIF"})
 
 # The script each language is written in: every letter of its message that is not Latin must be in it.
 SCRIPTS = {"ru": "CYRILLIC", "zh": "CJK", "hi": "DEVANAGARI", "ar": "ARABIC"}
