@@ -104,10 +104,10 @@ MESSAGES = _messages()
 
 
 def test_seven_categories_per_tenant_with_the_nine_languages_in_order() -> None:
-    assert {p.name for p in LIBRARY.iterdir() if p.is_dir()} <= set(TENANTS)
+    assert {p.name for p in LIBRARY.iterdir() if p.is_dir()} == set(TENANTS)
     for tenant in TENANTS:
         files = sorted((LIBRARY / tenant).glob("*.toml"))
-        assert {p.stem for p in files} <= set(CATEGORIES), tenant
+        assert {p.stem for p in files} == set(CATEGORIES), tenant
         for path in files:
             data = tomllib.loads(path.read_text("utf-8"))
             assert list(data) == ["category", "label", "description", *LANGUAGES], path
@@ -118,6 +118,7 @@ def test_seven_categories_per_tenant_with_the_nine_languages_in_order() -> None:
                 assert list(data[lang]) == list(STEPS), (path, lang)
                 for step in STEPS:
                     assert list(data[lang][step]) == list(FIELDS), (path, lang, step)
+    assert len(MESSAGES) == len(TENANTS) * len(CATEGORIES) * len(LANGUAGES) * len(STEPS) == 378
 
 
 def test_readme_names_every_category_and_language() -> None:
