@@ -153,7 +153,8 @@ def test_message(where: str, lang: str, step: str, message: dict) -> None:
     assert sign_off[-2:] == ["{{ sender_name }}", "{{ sender_company }}"], sign_off
     assert len(sign_off) == 3 and "{" not in sign_off[0], sign_off
 
-    for values in (FULL, BARE):
+    brand = {"sender_company": "SOS-Expat" if where.startswith("sos-expat/") else "Ulixai"}
+    for values in ({**FULL, **brand}, {**BARE, **brand}):
         text = _render(body, values) + "\n" + _render(subject, values) + "\n" + _render(preheader, values)
         STRICT.from_string(body).render(FULL)  # every variable the copy uses is one a full contact has
         assert "  " not in text and " ," not in text and " ." not in text and "()" not in text, (values, text)
