@@ -197,3 +197,10 @@ def test_categories_are_the_seed_audience_tags() -> None:
     from engine.seed import BASE_TAGS
 
     assert set(CATEGORIES) == {tag for tag in BASE_TAGS if not tag.startswith("lang-")}
+
+
+def test_every_message_is_accepted_by_the_engine_template_check() -> None:
+    from engine.rendering import check_template
+
+    for where, _lang, _step, message in MESSAGES:
+        assert check_template(message["subject"], message["body"], message["body"]) == [], where
