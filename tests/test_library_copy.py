@@ -56,6 +56,25 @@ _MONEY = re.compile(r"[$€£¥₹₽]")
 # Words written in capitals on purpose: brand names and acronyms.
 CAPITALS_ALLOWED = frozenset({"SOS", "RGPD", "GDPR", "DSGVO", "LGPD", "FAQ", "PDF", "CV", "URL", "HR", "RH", "NIE", "NIF"})
 
+# Invented proof points: the copy states no testimonial, figure or term the brand has not confirmed. These are the
+# obvious signs of one, a dated anecdote ("last week an engineer in Dubai called us"), a customer story or a count;
+# matched as lower-case substrings (English as whole words). Digits are checked separately, outside links and variables.
+INVENTED_FACTS = {
+    "fr": ["la semaine dernière", "le mois dernier", "l'an dernier", "l'année dernière", "un de nos clients",
+           "une de nos clientes", "témoignage"],
+    "en": ["last week", "last month", "last year", "yesterday", "this morning", "recently", "a recent", "every week we",
+           "one of our clients", "one of our customers", "a client of ours", "testimonial", "on average", "percent",
+           "per cent"],
+    "es": ["la semana pasada", "el mes pasado", "el año pasado", "uno de nuestros clientes", "testimonio"],
+    "de": ["letzte woche", "letzten monat", "letztes jahr", "vergangene woche", "vergangenen woche", "einer unserer kunden",
+           "erfahrungsbericht"],
+    "pt": ["semana passada", "mês passado", "ano passado", "um de nossos clientes", "um dos nossos clientes", "depoimento"],
+    "ru": ["на прошлой неделе", "в прошлом месяце", "в прошлом году", "один из наших клиентов", "отзыв"],
+    "zh": ["上周", "上个月", "去年", "我们的一位客户", "真实案例"],
+    "hi": ["पिछले सप्ताह", "पिछले हफ़्ते", "पिछले महीने", "पिछले साल", "हमारे एक ग्राहक"],
+    "ar": ["الأسبوع الماضي", "الشهر الماضي", "العام الماضي", "أحد عملائنا", "شهادة عميل"],
+}
+
 # The script each language is written in: every letter of its message that is not Latin must be in it.
 SCRIPTS = {"ru": "CYRILLIC", "zh": "CJK", "hi": "DEVANAGARI", "ar": "ARABIC"}
 
@@ -172,6 +191,11 @@ def test_message(where: str, lang: str, step: str, message: dict) -> None:
     assert rendered.count("!") + rendered.count("！") <= 1 and "!" not in subject + preheader
     capitals = {w for w in re.findall(r"\b[A-ZÀ-Ý]{3,}\b", subject + " " + rendered)} - CAPITALS_ALLOWED
     assert not capitals, capitals
+
+    for word in INVENTED_FACTS[lang]:
+        assert not re.search(rf"\b{re.escape(word)}\b" if lang == "en" else re.escape(word), low), word
+    # No counts, dates or figures: digits only ever appear in a link or a variable.
+    assert not re.search(r"\d", _URL.sub("", _JINJA.sub("", subject + "\n" + preheader + "\n" + body))), where
 
     words = _message_words(rendered, lang)
     low_limit, high_limit = ZH_CHARS if lang == "zh" else WORDS
