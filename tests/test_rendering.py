@@ -315,7 +315,9 @@ def test_starters_cover_nine_languages_and_render():
     assert set(general) == LANGUAGES
     seed = [s for s in starters if s.name == "Cold - Avocat FR"]
     assert len(seed) == 1 and seed[0].language == "fr" and seed[0].category == "avocat"
-    assert seed[0].subject == SEED_SUBJECT and seed[0].body_html == SEED_BODY
+    # The seed's copy, reworded: the company's name stands alone (not "Votre cabinet {company}") and it signs off.
+    assert "cabinet {{ company }}" not in seed[0].body_html and "{{ company }}" in seed[0].body_html
+    assert seed[0].body_html.endswith("<p>Bien cordialement,<br>{{ sender_name|default(\"L’équipe SOS-Expat\") }}</p>")
     for starter in starters:
         assert check_template(starter.subject, starter.body_html, starter.body_text) == []
         assert template_variables(starter.subject, starter.body_html) <= set(starter.variables)
