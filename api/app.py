@@ -20,11 +20,13 @@ from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import ConnectionPool
 
 from api import (
+    alerts,
     campaigns,
     contacts,
     data_sources,
     dns,
     domains,
+    event_webhooks,
     feedback,
     health,
     imports,
@@ -73,7 +75,7 @@ def controllers() -> Sequence[Any]:
     return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES,
             *suppressions.ROUTES, *templates.ROUTES, *ips.ROUTES, *domains.ROUTES, *warmup.ROUTES,
             *mailwizz.ROUTES, *feedback.ROUTES, *dns.ROUTES,
-            *pmta.ROUTES]
+            *pmta.ROUTES, *alerts.ROUTES, *event_webhooks.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),

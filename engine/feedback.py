@@ -11,7 +11,7 @@ from typing import Protocol
 import asyncpg
 import msgspec
 
-from engine import suppression
+from engine import events, suppression
 from engine.sending import policy
 from engine.sending.policy import BounceClass
 from engine.validation import normalise_email
@@ -169,12 +169,37 @@ async def apply_records(db: asyncpg.Connection, records: Sequence[Record]) -> Fe
     complained = await db.fetch(q("feedback-mark-complained"), list(chosen["complaint"]),
                                 [r.time_logged for r in chosen["complaint"].values()])
     suppressed = await _suppress(db, rows, chosen, bounces)
+    await events.emit_many(db, _events(rows, chosen, bounces, delivered=delivered, bounced=bounced_rows,
+                                       transient=transient, complained=complained))
     changed = len(delivered) + len(bounced_rows) + len(transient) + len(complained)
     matched_records = len(records) - unmatched - mismatched - ignored
     return FeedbackReport(records=len(records), delivered=len(delivered), bounced=len(bounced_rows),
                           complaints=len(complained), transient=len(transient), suppressed=suppressed,
                           unchanged=max(matched_records - changed, 0), unmatched=unmatched,
                           mismatched=mismatched, ignored=ignored)
+
+
+def _events(rows: Mapping[int, asyncpg.Record], chosen: Mapping[str, dict[int, Record]],
+            bounces: Mapping[int, policy.Classified], **changed: list[asyncpg.Record]) -> list[events.Event]:
+    """The integrator events of the rows this batch changed, in file order per kind."""
+    found = []
+    for kind, event_type in (("delivered", "delivered"), ("bounced", "bounced"), ("transient", "deferred"),
+                             ("complained", "complained")):
+        for sid in (r["id"] for r in changed[kind]):
+            row = rows[sid]
+            record = chosen["complaint" if kind == "complained" else kind][sid]
+            code, enhanced, detail = _outcome(record)
+            data = {"send_id": sid, "campaign_id": row["campaign_id"], "email": row["email"],
+                    "at": record.time_logged}
+            if kind == "complained":
+                data["feedback_type"] = record.feedback_type or None
+            else:
+                data.update(smtp_code=code, smtp_status=enhanced or None, detail=detail or None)
+            if kind == "bounced":
+                data.update(bounce_class=bounces[sid].bounce_class.value, category=bounces[sid].category)
+            found.append(events.Event(tenant_id=row["tenant_id"], type=event_type, contact_id=row["contact_id"],
+                                      data=data))
+    return found
 
 
 async def _mark(db: asyncpg.Connection, query: str, chosen: dict[int, Record], *,

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 # Job families register here: each module exposes FUNCTIONS (and CRON_JOBS when it has crons).
 JOB_MODULES: tuple[str, ...] = ("workers.contacts", "workers.suppression", "workers.templates", "workers.warmup",
                                 "workers.mailwizz", "workers.campaigns", "workers.feedback",
-                                "workers.dns", "workers.blocklists", "workers.pmta")
+                                "workers.dns", "workers.blocklists", "workers.pmta", "workers.notify")
 
 
 def _families() -> list[Any]:

@@ -147,7 +147,7 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
             return "deleted"
         tz = state["timezone"]
         if state["status"] == CampaignStatus.SCHEDULED:
-            if await ctx.pool.fetchval(q("begin-sending"), campaign_id) is None:
+            if not await campaigns.begin_sending(ctx.pool, campaign_id):
                 await _sleep(stop, ctx.tuning.idle)
             continue
         if state["status"] != CampaignStatus.SENDING:
@@ -342,7 +342,7 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
         stop = None
         if results.sender_fault is not None:
             stop = f"paused: {results.sender_fault}"
-            await ctx.pool.execute(q("pause-campaign-itself"), campaign.id, results.sender_fault[:500])
+            await campaigns.pause_itself(ctx.pool, campaign.id, results.sender_fault[:500])
             log.error("campaign %s paused: %s", campaign.id, results.sender_fault)
         elif results.untouched and len(results.untouched) == len(chunk.outgoing):
             stop = "the transport is unreachable"
