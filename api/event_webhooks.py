@@ -34,7 +34,7 @@ DESCRIPTION = (
     "seconds) and `X-Signature: sha256=` + hex HMAC-SHA256 with the endpoint's secret of `<X-Timestamp>.` + "
     "the body. Any 2xx acknowledges the batch; anything else is retried with backoff (10 s doubling up to an "
     "hour), in order: later events wait. An endpoint failing for 24 h is turned off with an alert "
-    "(`event_endpoint_disabled`); turning it back on delivers its backlog.")
+    "(`event_endpoint_disabled`); turning it back on delivers what it had not received.")
 
 
 @post("/event-endpoints/{tenant_id:int}", operation_id="createEventEndpoint", summary="Register an event webhook",
@@ -61,8 +61,8 @@ async def get_endpoint(tenant_id: TenantId, endpoint_id: EndpointId, db: Db, cal
 
 @patch("/event-endpoints/{tenant_id:int}/{endpoint_id:int}", operation_id="updateEventEndpoint",
        summary="Change an event webhook", tags=["event-webhooks"],
-       description="New event types apply to events from now on. `active: false` stops deliveries (events keep "
-                   "queuing); `active: true` starts again from the oldest pending event.")
+       description="New event types apply to events from now on. `active: false` stops deliveries and queues "
+                   "no new events; `active: true` starts again from the oldest event it had not received.")
 async def update_endpoint(tenant_id: TenantId, endpoint_id: EndpointId, data: JSONBody[EventEndpointPatch], db: Db,
                           caller: Caller) -> EventEndpoint:
     return await events.update_endpoint(db, caller.scope(tenant_id), endpoint_id, event_types=data.event_types,
