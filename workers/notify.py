@@ -1,4 +1,5 @@
-"""Outbound notifications: alert messages to Telegram and webhook channels, and integrators' event webhooks.
+"""Outbound notifications: alert messages to Telegram and webhook channels, integrators' event webhooks, and
+the PowerMTA watch that raises `pmta_unreachable`.
 
 Both run every few seconds and are cheap when there is nothing to do (one indexed query each). A failed
 message or request is retried by the next runs after its backoff; a job that dies is re-run by arq.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from typing import Any
 
 import httpx
@@ -15,6 +17,7 @@ import msgspec
 from arq import cron
 
 from engine import alerts, events
+from pmta import watch
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +54,21 @@ async def deliver_events(ctx: dict) -> dict[str, Any]:
     return msgspec.to_builtins(report)
 
 
+async def watch_pmta(ctx: dict) -> str:
+    """Probe PowerMTA's injection listener; unreachable for EMAIL_ENGINE_PMTA_UNREACHABLE_MINUTES alerts."""
+    settings = ctx["settings"]
+    return await watch.watch(ctx["pool"], ctx["redis_client"], settings.redis_namespace,
+                             settings.pmta_host or "127.0.0.1", settings.pmta_port,
+                             minutes=settings.pmta_unreachable_minutes, now=time.time())
+
+
 def cron_jobs(settings: Any) -> list:
     # unique: one run of each at a time; several workers still share the rows through SKIP LOCKED.
-    return [cron(deliver_alerts, second=EVERY, unique=True, run_at_startup=True, timeout=300),
+    jobs = [cron(deliver_alerts, second=EVERY, unique=True, run_at_startup=True, timeout=300),
             cron(deliver_events, second=EVERY, unique=True, run_at_startup=True, timeout=300)]
+    if settings.pmta_host is not None:   # without it `up` runs the stand-in, whose outages are its own
+        jobs.append(cron(watch_pmta, second=30, unique=True, timeout=60))
+    return jobs
 
 
-FUNCTIONS = [deliver_alerts, deliver_events]
+FUNCTIONS = [deliver_alerts, deliver_events, watch_pmta]
