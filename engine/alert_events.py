@@ -1,5 +1,5 @@
 """Alert events: what the engine's watches raise (a blocklist listing, a failed PowerMTA reload), stored
-for whoever delivers alerts (mail, webhook) to pick up and stamp `delivered_at`."""
+for engine/alerts.py to route to the alert channels, which stamps `delivered_at` once it has."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sql import q
 class AlertEvent(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     tenant_id: int | None    # None: about the engine as a whole (its PowerMTA config)
-    kind: str                # blocklist_listing | pmta_reload_failed
+    kind: str                # one of engine.alerts.ALERT_KINDS
     subject: str
     detail: dict[str, Any]
     created_at: dt.datetime

@@ -135,6 +135,13 @@ async def emit_many(db: asyncpg.Connection, events: Sequence[Event]) -> int:
     return len(rows)
 
 
+async def wanted(db: asyncpg.Connection, tenant_ids: Sequence[int]) -> set[tuple[int, str]]:
+    """(tenant_id, type) pairs some active endpoint wants; empty for tenants without endpoints."""
+    if not tenant_ids:
+        return set()
+    return {(r["tenant_id"], r["type"]) for r in await db.fetch(q("wanted-event-types"), list(set(tenant_ids)))}
+
+
 def check_url(url: str, field: str) -> str:
     """HTTPS, or plain HTTP to a loopback address (a receiver on the same host)."""
     parts = urlsplit(url)

@@ -169,8 +169,10 @@ async def apply_records(db: asyncpg.Connection, records: Sequence[Record]) -> Fe
     complained = await db.fetch(q("feedback-mark-complained"), list(chosen["complaint"]),
                                 [r.time_logged for r in chosen["complaint"].values()])
     suppressed = await _suppress(db, rows, chosen, bounces)
-    await events.emit_many(db, _events(rows, chosen, bounces, delivered=delivered, bounced=bounced_rows,
-                                       transient=transient, complained=complained))
+    wanted = await events.wanted(db, [r["tenant_id"] for r in rows.values()])
+    if wanted:
+        await events.emit_many(db, _events(rows, chosen, bounces, wanted, delivered=delivered, bounced=bounced_rows,
+                                           transient=transient, complained=complained))
     changed = len(delivered) + len(bounced_rows) + len(transient) + len(complained)
     matched_records = len(records) - unmatched - mismatched - ignored
     return FeedbackReport(records=len(records), delivered=len(delivered), bounced=len(bounced_rows),
@@ -180,13 +182,16 @@ async def apply_records(db: asyncpg.Connection, records: Sequence[Record]) -> Fe
 
 
 def _events(rows: Mapping[int, asyncpg.Record], chosen: Mapping[str, dict[int, Record]],
-            bounces: Mapping[int, policy.Classified], **changed: list[asyncpg.Record]) -> list[events.Event]:
-    """The integrator events of the rows this batch changed, in file order per kind."""
+            bounces: Mapping[int, policy.Classified], wanted: set[tuple[int, str]],
+            **changed: list[asyncpg.Record]) -> list[events.Event]:
+    """The integrator events (of the types endpoints want) of the rows this batch changed, per kind."""
     found = []
     for kind, event_type in (("delivered", "delivered"), ("bounced", "bounced"), ("transient", "deferred"),
                              ("complained", "complained")):
         for sid in (r["id"] for r in changed[kind]):
             row = rows[sid]
+            if (row["tenant_id"], event_type) not in wanted:
+                continue
             record = chosen["complaint" if kind == "complained" else kind][sid]
             code, enhanced, detail = _outcome(record)
             data = {"send_id": sid, "campaign_id": row["campaign_id"], "email": row["email"],

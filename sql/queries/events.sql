@@ -107,3 +107,9 @@ JOIN event_outbox o ON o.id = d.event_id
 WHERE d.endpoint_id = $1 AND ($2::bigint IS NULL OR d.event_id < $2)
 ORDER BY d.event_id DESC
 LIMIT $3;
+
+-- name: wanted-event-types
+-- The (tenant, event type) pairs some active endpoint wants: a caller with many facts builds only those events.
+SELECT DISTINCT tenant_id, unnest(event_types) AS type
+FROM event_endpoints
+WHERE active AND tenant_id = ANY($1::bigint[]);
