@@ -10,6 +10,8 @@ retries what failed, with backoff. Events raised inside a transaction are routed
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import re
 import secrets as pysecrets
 from collections.abc import Mapping
 from enum import StrEnum
@@ -166,6 +168,22 @@ async def route(db: asyncpg.Connection, now: dt.datetime, limit: int = 500) -> R
     if events:
         await db.execute(q("mark-alert-events-routed"), [e["id"] for e in events], now)
     return RouteReport(events=len(events), queued=queued + digests, folded=folded, digests=digests)
+
+
+_BOT_PATH = re.compile(r"/bot[^/\s]+/")
+
+
+class _HideBotTokens(logging.Filter):
+    """httpx logs every request's URL at INFO, and a Bot API URL carries the bot's token: hide it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_BOT_PATH.sub("/bot<token>/", str(a)) if isinstance(a, str | httpx.URL) else a
+                                for a in record.args)
+        return True
+
+
+logging.getLogger("httpx").addFilter(_HideBotTokens())
 
 
 async def send_telegram(http: httpx.AsyncClient, api_url: str, token: str, chat_id: str, text: str) -> Attempt:

@@ -3,7 +3,10 @@ window then a digest, retries, the test endpoint, tenant isolation and bad input
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -16,6 +19,7 @@ from engine import alert_events, alerts
 from engine import db as dbm
 from tests.conftest import ADMIN_KEY, SECRET_KEY, tenant_key
 from tests.http_receivers import BotApi, SignedReceiver
+from workers import notify
 from workers.notify import deliver_alerts
 
 TOKEN = "123456789:AAE-test-token-0123456789abcdef"
@@ -166,6 +170,14 @@ async def test_a_failed_message_is_retried_after_its_backoff_and_given_up_at_the
     assert [(r.retrying, r.failed) for r in reports] == [(1, 0), (1, 0), (0, 1)]
 
 
+async def test_the_bot_token_stays_out_of_the_logs(db, pool, http, bot, seeded, caplog) -> None:
+    await alerts.create_channel(db, SECRET_KEY, 1, kind="telegram", name="x", chat_id="5", bot_token=TOKEN)
+    await alert_events.raise_alert(db, 1, "ip_paused", "ip:1")
+    with caplog.at_level(logging.DEBUG):
+        assert (await run(pool, http, bot, T0)).sent == 1
+    assert "sendMessage" in caplog.text and TOKEN not in caplog.text
+
+
 async def test_a_wrong_token_answer_is_a_failure_not_an_exception(db, pool, http, bot, seeded) -> None:
     await alerts.create_channel(db, SECRET_KEY, 1, kind="telegram", name="x", chat_id="5",
                                 bot_token="987654321:AAE-wrong-token-0123456789abcdef")
@@ -250,12 +262,21 @@ async def test_bad_input_is_a_400_naming_the_field_and_writes_nothing(api, sos, 
     assert await db.fetchval("SELECT count(*) FROM alert_channels") == 0
 
 
-async def test_the_worker_job_routes_and_sends(settings, db, pool, bot, seeded) -> None:
+async def test_the_workers_notifier_routes_and_sends(settings, db, pool, bot, seeded) -> None:
     await alerts.create_channel(db, SECRET_KEY, 1, kind="telegram", name="x", chat_id="5", bot_token=TOKEN)
     await alert_events.raise_alert(db, 1, "validation_provider_failing", "verifier:zerobounce", {"failures": 5})
     async with httpx.AsyncClient() as http:
         ctx = {"pool": pool, "http": http, "secret_key": SECRET_KEY,
-               "settings": msgspec.structs.replace(settings, telegram_api_url=bot.server.url)}
-        result = await deliver_alerts(ctx)
-    assert result["events"] == 1 and result["sent"] == 1
+               "settings": msgspec.structs.replace(settings, telegram_api_url=bot.server.url, pmta_host=None)}
+        stop = asyncio.Event()
+        task = asyncio.create_task(notify._loop(ctx, stop))
+        try:
+            deadline = time.monotonic() + 30
+            while not bot.messages:
+                assert time.monotonic() < deadline, "the notifier sent nothing"
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await task
+        assert (await deliver_alerts(ctx))["events"] == 0          # the job, on demand: nothing left
     assert bot.messages[0]["text"] == "validation provider failing: verifier:zerobounce\nfailures: 5"

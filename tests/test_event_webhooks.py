@@ -20,8 +20,6 @@ from tests.http_receivers import SignedReceiver
 from tests.test_accounting import HEADER, crlf, make_campaign, rec
 from tests.test_unsubscribe import token_for
 
-# Endpoints are due from their creation (the database's now()): the tests' clock starts just after it.
-T0 = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(minutes=1)
 EVERYTHING = list(events.EVENT_TYPES)
 
 
@@ -44,6 +42,12 @@ async def receiver() -> AsyncIterator[SignedReceiver]:
     await r.server.start()
     yield r
     await r.server.shutdown()
+
+
+@pytest.fixture
+def T0() -> dt.datetime:  # noqa: N802 (the tests' time zero)
+    """Endpoints are due from their creation (the database's now()): the tests' clock starts just after it."""
+    return dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(minutes=1)
 
 
 @pytest.fixture
@@ -90,8 +94,8 @@ def complaint(sent, who):
     return rec("f", "", "", orig=f"bounce-{sent[who]}@mail.example", fbtype="abuse")
 
 
-async def test_accounting_results_become_signed_events_with_their_details(db, seeded, pool, http,
-                                                                          receiver) -> None:
+async def test_accounting_results_become_signed_events_with_their_details(db, seeded, pool, http, receiver,
+                                                                          T0) -> None:
     await register(db, receiver)
     sent = await make_campaign(db, ("ann", "bob", "cat", "dan"))
     await apply(pool, delivered(sent, "ann"), bounced(sent, "bob"), deferred(sent, "cat"), delivered(sent, "dan"),
@@ -139,7 +143,7 @@ async def test_without_an_endpoint_nothing_is_stored(db, seeded, pool) -> None:
 
 
 async def test_a_receiver_down_for_ten_minutes_gets_every_event_afterwards_in_order(db, seeded, pool, http,
-                                                                                     receiver) -> None:
+                                                                                     receiver, T0) -> None:
     endpoint = await register(db, receiver)
     people = ("ann", "bob", "cat", "dan", "eve", "fay")
     sent = await make_campaign(db, people)
@@ -198,7 +202,7 @@ async def test_a_receiver_down_for_ten_minutes_gets_every_event_afterwards_in_or
 
 
 async def test_an_endpoint_failing_for_a_day_is_turned_off_with_an_alert(db, seeded, pool, http, receiver,
-                                                                         client, sos) -> None:
+                                                                         client, sos, T0) -> None:
     endpoint = await register(db, receiver, ["delivered"])
     receiver.status = 500
     sent = await make_campaign(db, ("ann", "bob"))

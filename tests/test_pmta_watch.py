@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import msgspec
 import pytest
@@ -12,7 +13,8 @@ import pytest
 from engine import db as dbm
 from pmta import watch
 from tests.smtpserver import SmtpTestServer
-from workers.notify import cron_jobs, watch_pmta
+from workers import notify
+from workers.notify import watch_pmta
 
 
 def closed_port() -> int:
@@ -68,9 +70,19 @@ async def test_a_server_that_is_not_smtp_is_unreachable() -> None:
     assert reason is not None
 
 
-async def test_the_job_runs_only_against_a_configured_powermta(settings, pool_ctx) -> None:
-    assert [c.name for c in cron_jobs(settings)][-1] == "cron:watch_pmta"
-    assert "cron:watch_pmta" not in [c.name for c in cron_jobs(msgspec.structs.replace(settings, pmta_host=None))]
-    pool_ctx["settings"] = msgspec.structs.replace(settings, pmta_host="127.0.0.1", pmta_port=closed_port(),
-                                                   pmta_unreachable_minutes=1)
+async def test_the_workers_notifier_probes_a_configured_powermta(settings, pool_ctx, redis, namespace) -> None:
+    port = closed_port()
+    pool_ctx.update(settings=msgspec.structs.replace(settings, pmta_host="127.0.0.1", pmta_port=port),
+                    secret_key="unused-secret-key-0123456789", http=None)
+    stop = asyncio.Event()
+    task = asyncio.create_task(notify._loop(pool_ctx, stop))
+    key = f"{namespace}:pmta-watch:127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not await redis.exists(key):           # the first round probes: the outage's start is kept
+            assert time.monotonic() < deadline, "the notifier never probed"
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
     assert await watch_pmta(pool_ctx) == "down"

@@ -1,12 +1,17 @@
 """Outbound notifications: alert messages to Telegram and webhook channels, integrators' event webhooks, and
 the PowerMTA watch that raises `pmta_unreachable`.
 
-Both run every few seconds and are cheap when there is nothing to do (one indexed query each). A failed
-message or request is retried by the next runs after its backoff; a job that dies is re-run by arq.
+Each worker runs them in a background loop (like the campaign supervisor) rather than as crons: every few
+seconds is what alerts and webhooks need, and a cron that often would fill Redis with job results. The loop
+is cheap when there is nothing to do (one indexed query each); several workers share the rows through SKIP
+LOCKED. A failed message or request is retried by later rounds after its backoff. The same steps are jobs too,
+for a run on demand.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -14,24 +19,48 @@ from typing import Any
 
 import httpx
 import msgspec
-from arq import cron
 
 from engine import alerts, events
 from pmta import watch
 
 log = logging.getLogger(__name__)
 
-EVERY = set(range(0, 60, 5))  # seconds past each minute
+EVERY = 5.0             # seconds between delivery rounds
+WATCH_EVERY = 60.0      # seconds between PowerMTA probes
 
 
 async def on_startup(ctx: dict) -> None:
-    # One client per worker: connections to the Bot API and to busy endpoints are kept alive between runs.
+    # One client per worker: connections to the Bot API and to busy endpoints are kept alive between rounds.
     ctx["http"] = httpx.AsyncClient(timeout=events.REQUEST_TIMEOUT, follow_redirects=False)
+    stop = asyncio.Event()
+    ctx["notify"] = {"stop": stop, "task": asyncio.create_task(_loop(ctx, stop), name="notifier")}
 
 
 async def on_shutdown(ctx: dict) -> None:
+    state = ctx.get("notify")
+    if state:
+        state["stop"].set()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(state["task"], 30)
     if "http" in ctx:
         await ctx["http"].aclose()
+
+
+async def _loop(ctx: dict, stop: asyncio.Event) -> None:
+    last_watch = -WATCH_EVERY
+    while not stop.is_set():
+        steps = [deliver_alerts, deliver_events]
+        if ctx["settings"].pmta_host is not None and time.monotonic() - last_watch >= WATCH_EVERY:
+            # Without EMAIL_ENGINE_PMTA_HOST, `up` runs the stand-in, whose outages are its own.
+            last_watch = time.monotonic()
+            steps.append(watch_pmta)
+        for step in steps:
+            try:
+                await step(ctx)
+            except Exception:   # a store down, a bug: the next round tries again
+                log.exception("%s failed; trying again in %.0f s", step.__name__, EVERY)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), EVERY)
 
 
 async def deliver_alerts(ctx: dict) -> dict[str, Any]:
@@ -60,15 +89,6 @@ async def watch_pmta(ctx: dict) -> str:
     return await watch.watch(ctx["pool"], ctx["redis_client"], settings.redis_namespace,
                              settings.pmta_host or "127.0.0.1", settings.pmta_port,
                              minutes=settings.pmta_unreachable_minutes, now=time.time())
-
-
-def cron_jobs(settings: Any) -> list:
-    # unique: one run of each at a time; several workers still share the rows through SKIP LOCKED.
-    jobs = [cron(deliver_alerts, second=EVERY, unique=True, run_at_startup=True, timeout=300),
-            cron(deliver_events, second=EVERY, unique=True, run_at_startup=True, timeout=300)]
-    if settings.pmta_host is not None:   # without it `up` runs the stand-in, whose outages are its own
-        jobs.append(cron(watch_pmta, second=30, unique=True, timeout=60))
-    return jobs
 
 
 FUNCTIONS = [deliver_alerts, deliver_events, watch_pmta]
