@@ -20,12 +20,14 @@ from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import ConnectionPool
 
 from api import (
+    alerts,
     audit,
     campaigns,
     contacts,
     data_sources,
     dns,
     domains,
+    event_webhooks,
     feedback,
     health,
     imports,
@@ -84,7 +86,8 @@ def controllers() -> Sequence[Any]:
     return [*tenants.ROUTES, *contacts.ROUTES, *data_sources.ROUTES, *imports.ROUTES, *campaigns.ROUTES,
             *suppressions.ROUTES, *templates.ROUTES, *ips.ROUTES, *domains.ROUTES, *warmup.ROUTES,
             *mailwizz.ROUTES, *feedback.ROUTES, *dns.ROUTES,
-            *pmta.ROUTES, *audit.ROUTES, *reputation.ROUTES, *sequences.ROUTES, *replies.ROUTES]
+            *pmta.ROUTES, *audit.ROUTES, *reputation.ROUTES, *sequences.ROUTES, *replies.ROUTES, *alerts.ROUTES,
+            *event_webhooks.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),

@@ -17,7 +17,7 @@ from litestar.params import PathParameter
 from api import audit
 from api.deps import Config, RedisClient
 from api.suppressions import enqueue_propagation
-from engine import suppression
+from engine import events, suppression
 from engine.errors import NotFound
 from engine.languages import direction
 from engine.unsubscribe import ONE_CLICK, UnsubscribeToken, read_token
@@ -144,6 +144,11 @@ async def unsubscribe(token: Token, request: Request, state: State, redis: Redis
             report = await suppression.add_suppressions(
                 db, read.tenant_id, [read.email], reason="unsubscribe",
                 source="one-click" if one_click else "unsubscribe-page")
+            if report.changed_addresses:
+                await events.emit(db, read.tenant_id, "unsubscribed",
+                                  {"email": read.email, "campaign_id": read.campaign_id or None,
+                                   "source": "one-click" if one_click else "unsubscribe-page"},
+                                  contact_id=read.contact_id or None)
     except NotFound:    # a token of a tenant since deleted
         return _invalid()
     await enqueue_propagation(state.pool, redis, settings, read.tenant_id, report.changed_addresses)

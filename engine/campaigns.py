@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 
+from engine import alert_events, events
 from engine.errors import Conflict, Invalid, NotFound
 from engine.languages import LANGUAGES, normalise_language
 from sql import q
@@ -251,7 +252,41 @@ async def transition(db: asyncpg.Connection, tenant_id: int, campaign_id: int, a
         await db.execute(q("cancel-pending-sends"), campaign_id)
     if action == "resume":
         await db.execute(q("health-rearm"), "campaign", campaign_id)  # engine.health: the check starts afresh
+    await state_changed(db, tenant_id, campaign_id, status, previous=current.status, by="operator")
     return await get_campaign(db, tenant_id, campaign_id)
+
+
+async def state_changed(db: asyncpg.Connection, tenant_id: int, campaign_id: int, status: str, *,
+                        previous: str | None, by: str, reason: str | None = None) -> None:
+    """The campaign.state event of a transition, written in the transition's transaction."""
+    await events.emit(db, tenant_id, events.EventType.CAMPAIGN_STATE,
+                      {"campaign_id": campaign_id, "status": status, "previous": previous, "by": by,
+                       "reason": reason})
+
+
+async def begin_sending(pool: asyncpg.Pool, campaign_id: int) -> bool:
+    """A scheduled campaign whose time has come starts sending; False if it is not (yet) due."""
+    async with pool.acquire() as db, db.transaction():
+        row = await db.fetchrow(q("begin-sending"), campaign_id)
+        if row is not None:
+            await state_changed(db, row["tenant_id"], campaign_id, CampaignStatus.SENDING,
+                                previous=CampaignStatus.SCHEDULED, by="engine")
+    return row is not None
+
+
+async def pause_itself(db: asyncpg.Connection | asyncpg.Pool, campaign_id: int, reason: str) -> bool:
+    """The engine pauses a sending campaign with the reason (resume clears it); False if it was not sending.
+
+    The one way the engine pauses a campaign (a sender-side refusal, an automatic pause of engine.health): the
+    change and its campaign.state event are written together, in the caller's transaction when given one."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn, conn.transaction():
+            return await pause_itself(conn, campaign_id, reason)
+    row = await db.fetchrow(q("pause-campaign-itself"), campaign_id, reason)
+    if row is not None:
+        await state_changed(db, row["tenant_id"], campaign_id, CampaignStatus.PAUSED,
+                            previous=CampaignStatus.SENDING, by="engine", reason=reason)
+    return row is not None
 
 
 async def _has_sending_ips(db: asyncpg.Connection, tenant_id: int) -> bool:
@@ -316,9 +351,26 @@ async def list_sends(db: asyncpg.Connection, campaign: Campaign, *, after: int, 
                                                  status, limit)]
 
 
-async def complete_if_done(db: asyncpg.Connection | asyncpg.Pool, campaign_id: int) -> bool:
-    """Mark a sending campaign completed once its whole audience is written and every row is final."""
-    return await db.fetchval(q("complete-campaign"), campaign_id) is not None
+async def complete_if_done(pool: asyncpg.Pool, campaign_id: int) -> bool:
+    """Mark a sending campaign completed once its whole audience is written and every row is final.
+
+    Its campaign.state event and its alert go in the same transaction: `campaign_completed`, or
+    `campaign_failed` when rows were attempted and not one message was accepted.
+    """
+    async with pool.acquire() as db, db.transaction():
+        row = await db.fetchrow(q("complete-campaign"), campaign_id)
+        if row is None:
+            return False
+        counts = {r["status"]: r["count"] for r in await db.fetch(q("campaign-stats"), campaign_id)}
+        accepted = sum(counts.get(s, 0) for s in (SendStatus.INJECTED, SendStatus.DELIVERED, SendStatus.BOUNCED))
+        failed = counts.get(SendStatus.FAILED, 0)
+        kind = "campaign_failed" if accepted == 0 and failed > 0 else "campaign_completed"
+        await state_changed(db, row["tenant_id"], campaign_id, CampaignStatus.COMPLETED,
+                            previous=CampaignStatus.SENDING, by="engine",
+                            reason="no message was accepted" if kind == "campaign_failed" else None)
+        await alert_events.raise_alert(db, row["tenant_id"], kind, f"campaign:{campaign_id}",
+                                       {"name": row["name"], **{s: n for s, n in sorted(counts.items())}})
+    return True
 
 
 async def set_wait_reason(db: asyncpg.Connection | asyncpg.Pool, campaign_id: int, reason: str | None) -> None:

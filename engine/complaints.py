@@ -19,7 +19,7 @@ from typing import Annotated
 import asyncpg
 import msgspec
 
-from engine import arf, health, suppression
+from engine import arf, events, health, suppression
 from engine.contacts import email_hash
 from engine.errors import Invalid
 from engine.validation import normalise_email
@@ -38,6 +38,7 @@ class ComplainedRow(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     tenant_id: int
     campaign_id: int
+    contact_id: int
     ip_id: int | None
     status: str
     email: str | None
@@ -50,9 +51,10 @@ class Recorded(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def record_complaints(db: asyncpg.Connection, rows: Sequence[ComplainedRow],
-                            at: Sequence[dt.datetime | None], *, source: str) -> Recorded:
-    """Record complaints about these send rows (`at`: when each was reported, None: now), in the caller's
-    transaction. A row complained about before is not counted again; its address is suppressed either way."""
+                            at: Sequence[dt.datetime | None], *, source: str,
+                            feedback_types: Sequence[str | None] | None = None) -> Recorded:
+    """Record complaints about these send rows (`at`: when each was reported, None: now; `feedback_types`:
+    what each report called it, e.g. abuse), in the caller's transaction. A row complained about before is not counted again; its address is suppressed either way."""
     if not rows:
         return Recorded(complained=[], suppressed=0, paused=[])
     first = {r["id"] for r in await db.fetch(q("feedback-mark-complained"), [r.id for r in rows], list(at))}
@@ -70,7 +72,21 @@ async def record_complaints(db: asyncpg.Connection, rows: Sequence[ComplainedRow
     paused: list[health.Paused] = []
     for tenant_id, entries in counted.items():
         paused += await health.record(db, tenant_id, health.tallies(entries))
+    kinds = feedback_types or [None] * len(rows)
+    await _emit(db, [(r, when, kind) for r, when, kind in zip(rows, at, kinds, strict=True) if r.id in first],
+                source)
     return Recorded(complained=sorted(first), suppressed=suppressed, paused=paused)
+
+
+async def _emit(db: asyncpg.Connection, firsts: list[tuple[ComplainedRow, dt.datetime | None, str | None]],
+                source: str) -> None:
+    """The integrator's `complained` event of each first complaint, in the same transaction."""
+    wanted = await events.wanted(db, [r.tenant_id for r, _, _ in firsts])
+    await events.emit_many(db, [
+        events.Event(tenant_id=r.tenant_id, type=events.EventType.COMPLAINED, contact_id=r.contact_id,
+                     data={"send_id": r.id, "campaign_id": r.campaign_id, "email": r.email, "at": when,
+                           "feedback_type": kind, "source": source})
+        for r, when, kind in firsts if (r.tenant_id, events.EventType.COMPLAINED) in wanted])
 
 
 # --- reports ------------------------------------------------------------------------------------------------
@@ -170,7 +186,8 @@ async def ingest_report(db: asyncpg.Connection, data: bytes, *, content_type: st
                            suppressed=0)
         suppressed = 0
         if row is not None and report.is_complaint:
-            suppressed = (await record_complaints(db, [row], [None], source=f"arf-{source}")).suppressed
+            suppressed = (await record_complaints(db, [row], [None], source=f"arf-{source}",
+                                                 feedback_types=[report.feedback_type])).suppressed
     return Outcome(report_id=report_id, matched=row is not None, matched_by=by, send_id=row.id if row else None,
                    campaign_id=row.campaign_id if row else None, feedback_type=report.feedback_type,
                    complaint=report.is_complaint, duplicate=False, suppressed=suppressed)

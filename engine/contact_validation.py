@@ -8,7 +8,7 @@ import asyncpg
 import httpx
 import msgspec
 
-from engine import metrics, secrets, verifiers
+from engine import alert_events, metrics, secrets, verifiers
 from engine.validation import DEFAULT_THRESHOLD, MxResolver, Verdict, validate_batch
 from sql import q
 
@@ -64,11 +64,13 @@ async def load_policy(db: asyncpg.Connection | asyncpg.Pool, tenant_id: int, sec
                   api_key=api_key, base_url=verification.get("base_url"))
 
 
-async def _with_vendor(verdicts: list[Verdict], policy: Policy) -> tuple[list[Verdict], list[bool]]:
+async def _with_vendor(verdicts: list[Verdict],
+                       policy: Policy) -> tuple[list[Verdict], list[bool], list[verifiers.VendorVerdict]]:
     """Ask the tenant's vendor about addresses our checks would send to; its `invalid`/`risky` wins."""
     used = [False] * len(verdicts)
+    answers: list[verifiers.VendorVerdict] = []
     if policy.provider is None:
-        return verdicts, used
+        return verdicts, used, answers
     out = list(verdicts)
     async with httpx.AsyncClient(timeout=verifiers.NEVERBOUNCE_TIMEOUT + 5) as client:
         for i, v in enumerate(verdicts):
@@ -76,6 +78,7 @@ async def _with_vendor(verdicts: list[Verdict], policy: Policy) -> tuple[list[Ve
                 continue
             answer = await verifiers.verify(policy.provider, policy.api_key, v.email, client,
                                             base_url=policy.base_url)
+            answers.append(answer)
             if answer.status == "pending":
                 continue  # no vendor verdict: ours stands
             used[i] = True
@@ -84,7 +87,7 @@ async def _with_vendor(verdicts: list[Verdict], policy: Policy) -> tuple[list[Ve
                     v, status=answer.status, score=min(v.score, 0.0 if answer.status == "invalid" else 0.5),
                     reasons=(*v.reasons, f"{policy.provider}_{answer.vendor_status}"),
                     suggestion=v.suggestion or answer.suggestion)
-    return out, used
+    return out, used, answers
 
 
 async def stale_pending(db: asyncpg.Connection, *, limit: int = SWEEP_LIMIT) -> dict[int, list[int]]:
@@ -108,7 +111,11 @@ async def validate_contacts(db: asyncpg.Connection, tenant_id: int, contact_ids:
     if not rows:
         return ValidationRun(valid=[], risky=[], invalid=[], retry_ids=[], retry_in=None, mailwizz=False)
     verdicts = await validate_batch([r["email"] for r in rows], resolver=resolver, threshold=policy.threshold)
-    verdicts, vendor_used = await _with_vendor(verdicts, policy)
+    verdicts, vendor_used, answers = await _with_vendor(verdicts, policy)
+    trouble = verifiers.failing(answers)
+    if trouble is not None:
+        await alert_events.raise_alert(db, tenant_id, "validation_provider_failing", f"verifier:{policy.provider}",
+                                       trouble)
     done = await db.fetch(
         q("apply-verdicts"), tenant_id, [r["id"] for r in rows], [v.status for v in verdicts],
         [v.score for v in verdicts], [",".join(v.reasons) for v in verdicts], [v.suggestion for v in verdicts],

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from engine import alert_events
 from engine.dns_lookup import Answer, Resolver, reverse_name
 from engine.dns_records import DomainDns, IpDns, dmarc_value, load_domains, spf_value
 from engine.errors import Invalid, NotFound
@@ -175,10 +176,26 @@ async def run_checks(db: asyncpg.Connection | asyncpg.Pool, resolver: Resolver, 
     ptr = await check_ips(db, resolver, tenant_id)
     reports = await asyncio.gather(*(check_domain(resolver, d, ptr) for d in domains))
     for domain, report in zip(domains, reports, strict=True):
-        await db.execute(q("dns-store-domain"), domain.tenant_id, domain.id, report["spf"].status,
-                         report["dkim"].status, report["dmarc"].status, report["ptr"].status,
-                         msgspec.to_builtins(report))
+        before = await db.fetchrow(q("dns-store-domain"), domain.tenant_id, domain.id, report["spf"].status,
+                                   report["dkim"].status, report["dmarc"].status, report["ptr"].status,
+                                   msgspec.to_builtins(report))
+        await _alert_turned_bad(db, domain, before, report)
     return {d.name: r for d, r in zip(domains, reports, strict=True)}
+
+
+# A record that was ok and is now wrong or missing is news; one that DNS could not answer for is not (yet).
+BAD = ("wrong", "missing")
+
+
+async def _alert_turned_bad(db: asyncpg.Connection | asyncpg.Pool, domain: DomainDns, before: asyncpg.Record | None,
+                            report: dict[str, Finding]) -> None:
+    if before is None:
+        return
+    turned = {name: f"{report[name].status}: {report[name].detail}" if report[name].detail else report[name].status
+              for name in ("spf", "dkim", "dmarc", "ptr") if before[name] == "ok" and report[name].status in BAD}
+    if turned:
+        await alert_events.raise_alert(db, domain.tenant_id, "dns_check_bad", f"domain:{domain.id}",
+                                       {"domain": domain.name, **turned})
 
 
 class DnsStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,7 +11,7 @@ from typing import Protocol
 import asyncpg
 import msgspec
 
-from engine import arf, complaints, health, suppression
+from engine import arf, complaints, events, health, suppression
 from engine.providers import provider_for_mx
 from engine.sending import backoff, policy
 from engine.sending.policy import BounceClass
@@ -167,20 +167,48 @@ async def apply_records(db: asyncpg.Connection, records: Sequence[Record]) -> Fe
     bounced_rows = await _mark(db, "feedback-mark-bounced", chosen["bounced"],
                                categories=[b.category for b in bounces.values()])
     transient = await _mark(db, "feedback-mark-transient", chosen["transient"])
-    # A complaint is recorded by the one function every complaint path calls (engine.complaints).
+    # A complaint is recorded by the one function every complaint path calls (engine.complaints), which also
+    # writes its integrator event.
     recorded = await complaints.record_complaints(
         db, [_complained_row(rows[sid]) for sid in chosen["complaint"]],
-        [r.time_logged for r in chosen["complaint"].values()], source=SOURCE)
+        [r.time_logged for r in chosen["complaint"].values()], source=SOURCE,
+        feedback_types=[r.feedback_type or None for r in chosen["complaint"].values()])
     complained = recorded.complained
     suppressed = await _suppress(db, rows, chosen, bounces) + recorded.suppressed
     await _count_hard(db, rows, {r["id"] for r in bounced_rows}, bounces, chosen["bounced"])
     await _observe_deferrals(db, rows, chosen["transient"])
+    wanted = await events.wanted(db, [r["tenant_id"] for r in rows.values()])
+    if wanted:
+        await events.emit_many(db, _events(rows, chosen, bounces, wanted, delivered=delivered, bounced=bounced_rows,
+                                           transient=transient))
     changed = len(delivered) + len(bounced_rows) + len(transient) + len(complained)
     matched_records = len(records) - unmatched - mismatched - ignored
     return FeedbackReport(records=len(records), delivered=len(delivered), bounced=len(bounced_rows),
                           complaints=len(complained), transient=len(transient), suppressed=suppressed,
                           unchanged=max(matched_records - changed, 0), unmatched=unmatched,
                           mismatched=mismatched, ignored=ignored)
+
+
+def _events(rows: Mapping[int, asyncpg.Record], chosen: Mapping[str, dict[int, Record]],
+            bounces: Mapping[int, policy.Classified], wanted: set[tuple[int, str]],
+            **changed: list[asyncpg.Record]) -> list[events.Event]:
+    """The integrator events (of the types endpoints want) of the rows this batch changed, per kind."""
+    found = []
+    for kind, event_type in (("delivered", "delivered"), ("bounced", "bounced"), ("transient", "deferred")):
+        for sid in (r["id"] for r in changed[kind]):
+            row = rows[sid]
+            if (row["tenant_id"], event_type) not in wanted:
+                continue
+            record = chosen[kind][sid]
+            code, enhanced, detail = _outcome(record)
+            data = {"send_id": sid, "campaign_id": row["campaign_id"], "email": row["email"],
+                    "at": record.time_logged, "smtp_code": code, "smtp_status": enhanced or None,
+                    "detail": detail or None}
+            if kind == "bounced":
+                data.update(bounce_class=bounces[sid].bounce_class.value, category=bounces[sid].category)
+            found.append(events.Event(tenant_id=row["tenant_id"], type=event_type, contact_id=row["contact_id"],
+                                      data=data))
+    return found
 
 
 async def _mark(db: asyncpg.Connection, query: str, chosen: dict[int, Record], *,
@@ -197,7 +225,7 @@ async def _mark(db: asyncpg.Connection, query: str, chosen: dict[int, Record], *
 
 def _complained_row(row: asyncpg.Record) -> complaints.ComplainedRow:
     return complaints.ComplainedRow(id=row["id"], tenant_id=row["tenant_id"], campaign_id=row["campaign_id"],
-                                    ip_id=row["ip_id"], status=row["status"], email=row["email"])
+                                    contact_id=row["contact_id"], ip_id=row["ip_id"], status=row["status"], email=row["email"])
 
 
 async def _count_hard(db: asyncpg.Connection, rows: Mapping[int, asyncpg.Record], bounced: set[int],

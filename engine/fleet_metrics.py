@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import CollectorRegistry
 from redis.asyncio import Redis
 
+from engine import alert_events
 from engine.providers import provider_for_mx
 from engine.sending import policy, sends
 from engine.warmup import today_in_timezone
@@ -42,8 +43,8 @@ COST_FACTOR = 10
 
 # Alert event kinds whose counters start at zero for every tenant, so that `increase()` sees the first event
 # of a kind (a series that appears at 1 has no increase). Other kinds appear with their first event.
-ALERT_KINDS = ("campaign_auto_paused", "ip_paused", "domain_paused", "provider_backoff", "blocklist_listing")
-ENGINE_ALERT_KINDS = ("pmta_reload_failed",)   # tenant "" : about the engine as a whole
+ENGINE_ALERT_KINDS = alert_events.ENGINE_KINDS   # tenant "" : about the engine as a whole
+ALERT_KINDS = tuple(k for k in alert_events.KINDS if k not in ENGINE_ALERT_KINDS)
 
 # The label sets of the send-log series (`class` is added for bounced and failed rows).
 SEND_LABELS = ["tenant", "campaign", "vmta", "provider"]

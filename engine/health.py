@@ -20,7 +20,7 @@ from enum import StrEnum
 import asyncpg
 import msgspec
 
-from engine import alert_events
+from engine import alert_events, campaigns
 from engine.errors import NotFound
 from engine.sending.policy import Limits, TenantPolicy
 from sql import q
@@ -130,7 +130,7 @@ async def check(db: asyncpg.Connection | asyncpg.Pool, tenant_id: int,
 async def pause_campaign(db: asyncpg.Connection | asyncpg.Pool, tenant_id: int, campaign_id: int,
                          reason: str) -> bool:
     """A sender-class refusal (engine.sending.dispatch): the campaign pauses at once, whatever its figures."""
-    if await db.fetchval(q("pause-campaign-itself"), campaign_id, reason[:500]) is None:
+    if not await campaigns.pause_itself(db, campaign_id, reason[:500]):
         return False
     await alert_events.raise_alert(db, tenant_id, ALERT_KINDS[Scope.CAMPAIGN], f"campaign:{campaign_id}",
                                    {"reason": reason[:500]})
@@ -143,9 +143,8 @@ async def _pause(db: asyncpg.Connection | asyncpg.Pool, tenant_id: int, scope: S
     when it was not sending (already paused, finished, retired)."""
     stored = f"auto-paused: {reason}"[:500]
     if scope is Scope.CAMPAIGN:
-        # The same statement the sender-class refusal uses: only a sending campaign moves.
-        done = await db.fetchval(q("pause-campaign-itself"), scope_id, stored)
-        return None if done is None else f"campaign:{scope_id}"
+        # The same pause the sender-class refusal uses: only a sending campaign moves.
+        return f"campaign:{scope_id}" if await campaigns.pause_itself(db, scope_id, stored) else None
     if scope is Scope.IP:
         done = await db.fetchval(q("health-pause-ip"), tenant_id, scope_id, stored)
         return None if done is None else f"ip:{scope_id}"

@@ -48,6 +48,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pmta_listener: str = "127.0.0.1:25"
     pmta_fbl_address: str | None = None  # the complaint (feedback-loop) address PowerMTA processes
     blocklists_file: Path | None = None  # None: the bundled engine/blocklists.toml
+    telegram_api_url: str = "https://api.telegram.org"  # the Bot API's base (a local Bot API server works too)
+    pmta_unreachable_minutes: int = 5   # PowerMTA unreachable this long raises a pmta_unreachable alert
 
     @property
     def queue_name(self) -> str:
@@ -125,6 +127,8 @@ _PARSERS: dict[str, tuple[str, Any]] = {
     "BLOCKLISTS": ("blocklists_file", lambda n, v: Path(v)),
     "LOG_FORMAT": ("log_format", lambda n, v: v.lower() if v.lower() in {"text", "json"} else _bad(n, "text or json", v)),
     "WORKER_METRICS_PORT": ("worker_metrics_port", lambda n, v: _int(n, v, 1, 65535)),
+    "TELEGRAM_API_URL": ("telegram_api_url", _url_base),
+    "PMTA_UNREACHABLE_MINUTES": ("pmta_unreachable_minutes", lambda n, v: _int(n, v, 1, 1440)),
     "LOG_LEVEL": ("log_level", lambda n, v: v.upper() if v.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"} else _bad(n, "DEBUG, INFO, WARNING or ERROR", v)),
 }
 

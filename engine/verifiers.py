@@ -35,6 +35,11 @@ NEVERBOUNCE_RESULT: dict[str, InternalStatus] = {
     "disposable": "invalid",
 }
 
+# A vendor is failing when, in one batch, at least this many of its answers were errors (no verdict) and they
+# were the majority: one throttled address is noise, a wrong key or an outage fails every address.
+FAILING_MIN = 3
+
+
 # How long NeverBounce may spend on one address before it answers "unknown" (its `timeout` parameter,
 # seconds); the HTTP client's own timeout must be longer than this.
 NEVERBOUNCE_TIMEOUT = 15
@@ -120,3 +125,11 @@ async def verify(
     if not isinstance(body, dict):
         return _pending(provider, email, "malformed_response")
     return _from_zerobounce(email, body) if provider == "zerobounce" else _from_neverbounce(email, body)
+
+
+def failing(answers: list[VendorVerdict]) -> dict[str, str | int] | None:
+    """What to report when a batch's answers say the vendor is failing (see FAILING_MIN); None otherwise."""
+    errors = [a.error for a in answers if a.status == "pending" and a.error]
+    if len(errors) < FAILING_MIN or 2 * len(errors) <= len(answers):
+        return None
+    return {"asked": len(answers), "failed": len(errors), "last_error": errors[-1]}

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import msgspec
 
-from engine import warmup
+from engine import alert_events, warmup
 from engine.errors import Invalid, NotFound
 from sql import q
 
@@ -144,6 +144,10 @@ async def advance_ip(db: asyncpg.Connection, tenant_id: int, ip_id: int, today: 
         await db.execute(q("warmup-update-plan"), ip_id, after.day, after.phase, today)
         if decision.becomes_active:
             await db.execute(q("warmup-activate-ip"), ip_id)
+        if decision.alert:
+            await alert_events.raise_alert(db, tenant_id, "ip_stepped_back", f"ip:{ip_id}", {
+                "day": decision.new_day, "quota": decision.new_quota, "reason": decision.reason,
+                "sent": yesterday.sent, "bounced": yesterday.bounced, "complained": yesterday.complained})
     if decision.alert:
         log.warning("warmup alert: tenant %s IP %s stepped back to day %s (quota %s) on %s: %s", tenant_id, ip_id,
                     decision.new_day, decision.new_quota, today, decision.reason)

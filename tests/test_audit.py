@@ -160,6 +160,19 @@ async def test_every_mutating_operation_leaves_exactly_one_audit_row(walk_client
     original = b"From: news@sos-expat-mail.example\r\nTo: p4@firm.example\r\nMessage-ID: <nobody@example>\r\n\r\nHi\r\n"
     await call("POST", "/api/v2/feedback/arf", content=arf(original, rcpt="p4@firm.example"),
                headers={**sos, "Content-Type": "message/rfc822"})
+    channel = await call("POST", "/api/v2/alert-channels/1", headers=sos,
+                         json={"kind": "webhook", "name": "hook", "url": "http://127.0.0.1:9/alerts"})
+    await call("POST", f"/api/v2/alert-channels/1/{channel['channel']['id']}/test", headers=sos)
+    await call("DELETE", f"/api/v2/alert-channels/1/{channel['channel']['id']}", headers=sos)
+    channel = await call("POST", "/api/v2/engine/alert-channels", headers=admin,
+                         json={"kind": "webhook", "name": "admin", "url": "http://127.0.0.1:9/alerts"})
+    await call("POST", f"/api/v2/engine/alert-channels/{channel['channel']['id']}/test", headers=admin)
+    await call("DELETE", f"/api/v2/engine/alert-channels/{channel['channel']['id']}", headers=admin)
+    endpoint = await call("POST", "/api/v2/event-endpoints/1", headers=sos,
+                          json={"url": "https://crm.example/hooks", "event_types": ["bounced"]})
+    await call("PATCH", f"/api/v2/event-endpoints/1/{endpoint['endpoint']['id']}", json={"active": False},
+               headers=sos)
+    await call("DELETE", f"/api/v2/event-endpoints/1/{endpoint['endpoint']['id']}", headers=sos)
     token = make_token(SECRET_KEY, tenant_id=1, email="p3@firm.example")
     await call("POST", f"/u/{token}", content=b"List-Unsubscribe=One-Click",
                headers={"Content-Type": "application/x-www-form-urlencoded"})

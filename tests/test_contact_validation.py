@@ -11,9 +11,11 @@ from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool
 
 from engine import db as dbm
+from engine import secrets
 from engine.validation import make_resolver
 from tests.conftest import SECRET_KEY, tenant_key
 from tests.dnsserver import DnsServer
+from tests.test_verifiers import serve_vendor
 from workers import contacts as contact_jobs
 from workers.main import create_worker
 
@@ -168,3 +170,23 @@ async def test_sweep_requeues_pending_contacts_no_job_will_see(database_url, see
         "lost@mx.example": "valid", "fresh@mx.example": "pending", "waiting@mx.example": "pending",
         "late@mx.example": "valid", "gaveup@mx.example": "pending", "yesterday@mx.example": "valid",
         "done@mx.example": "risky", "other@mx.example": "valid"}
+
+
+@pytest.fixture
+def vendor_url():
+    with serve_vendor() as url:
+        yield url
+
+
+async def test_a_failing_verification_vendor_raises_an_alert(client, sos, settings, dns, db, vendor_url) -> None:
+    wrong_key = secrets.encrypt(SECRET_KEY, "not-the-key").decode()
+    await db.execute("UPDATE tenants SET settings = settings || $2 WHERE id = $1", 1,
+                     {"verification": {"provider": "zerobounce", "api_key_enc": wrong_key, "base_url": vendor_url}})
+    await ingest(client, sos, ["valid@mx.example", "good@mx.example", "someone@aonly.example"])
+    await run_worker(settings, dns)
+    assert set((await statuses(db)).values()) == {"valid"}      # no vendor verdict: the engine's stands
+    alert = await db.fetchrow("SELECT tenant_id, kind, subject, detail FROM alert_events")
+    assert (alert["tenant_id"], alert["kind"], alert["subject"]) == (1, "validation_provider_failing",
+                                                                     "verifier:zerobounce")
+    assert alert["detail"] == {"asked": 3, "failed": 3,
+                               "last_error": "Invalid API Key or your account ran out of credits"}

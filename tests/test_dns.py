@@ -263,3 +263,21 @@ async def test_api_sets_the_tenant_policy_and_return_path(client, admin, seeded,
     r = await client.put("/api/v2/dns/policy/1", json={}, headers=admin)
     assert r.json() == {"dmarc_policy": None, "dmarc_rua": None, "spf_include": None}
     assert "dmarc_policy" not in await db.fetchval("SELECT settings FROM tenants WHERE id = 1")
+
+
+async def test_a_record_that_turns_bad_raises_one_alert(db, seeded) -> None:
+    d = await new_domain(db)
+    records = await records_of(db, d.id)
+    zones = published(records, "spf", "dkim", "dmarc", "ptr", "a")
+    async with DnsServer(zones) as dns:
+        async with Resolver([dns.address], timeout=0.5, tries=1) as resolver:
+            await dns_checks.run_checks(db, resolver, 1, d.id)            # all ok: nothing to say
+        assert await db.fetchval("SELECT count(*) FROM alert_events") == 0
+        dns.zones[f"ee1._domainkey.{NAME}"] = {"TXT": [domains.generate_key_pair().txt_value]}
+        for _ in range(2):                                              # still wrong the next hour: no repeat
+            async with Resolver([dns.address], timeout=0.5, tries=1) as resolver:
+                await dns_checks.run_checks(db, resolver, 1, d.id)
+    alerts = await db.fetch("SELECT tenant_id, kind, subject, detail FROM alert_events")
+    assert [(a["tenant_id"], a["kind"], a["subject"]) for a in alerts] == [(1, "dns_check_bad", f"domain:{d.id}")]
+    assert alerts[0]["detail"]["domain"] == NAME and alerts[0]["detail"]["dkim"].startswith("wrong: ")
+    assert set(alerts[0]["detail"]) == {"domain", "dkim"}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from engine.verifiers import verify
+from engine.verifiers import failing, verify
 
 ZB_KEY = "zb-test-key"
 NB_KEY = "secret_nb_test"
@@ -67,6 +68,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def vendor_url():
+    with serve_vendor() as url:
+        yield url
+
+
+@contextmanager
+def serve_vendor():
+    """The local ZeroBounce/NeverBounce, in a thread; yields its base URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -136,3 +144,14 @@ async def test_unreachable_vendor_is_pending(client, vendor_url):
 async def test_unknown_provider_is_a_programming_error(client):
     with pytest.raises(ValueError, match="unknown verification provider"):
         await verify("kickbox", "k", "a@mx.example", client)  # type: ignore[arg-type]
+
+
+async def test_a_batch_mostly_without_verdicts_means_the_vendor_is_failing(vendor_url, client):
+    async def answers(key: str, locals_: list[str]):
+        return [await verify("zerobounce", key, f"{x}@mx.example", client, base_url=vendor_url) for x in locals_]
+
+    assert failing(await answers(ZB_KEY, ["valid", "unknown", "invalid", "outage"])) is None   # one error
+    assert failing(await answers("wrong", ["valid", "valid"])) is None                       # too few to tell
+    assert failing(await answers(ZB_KEY, ["outage", "outage", "outage", "valid"])) == {
+        "asked": 4, "failed": 3, "last_error": "http_503"}
+    assert failing(await answers(ZB_KEY, ["outage", "outage", "outage", "valid", "valid", "valid"])) is None

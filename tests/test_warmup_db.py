@@ -98,6 +98,11 @@ async def test_thirty_days_of_the_cron_follow_the_curve_hold_step_back_and_compl
     assert detail.plan.phase == "active" and detail.plan.quota == detail.plan.target == 50_000
     assert len(detail.history) == 17 and len({e.on_day for e in detail.history}) == 17
     assert [e.action for e in detail.history if e.alert] == ["step_back", "step_back"]
+    # each step back is an alert event for the channels (engine/alerts.py)
+    alerts = await db.fetch("SELECT kind, subject, detail FROM alert_events WHERE tenant_id = $1 ORDER BY id",
+                            tenant.id)
+    assert [(a["kind"], a["subject"]) for a in alerts] == [("ip_stepped_back", f"ip:{ip.id}")] * 2
+    assert (alerts[0]["detail"]["sent"], alerts[0]["detail"]["bounced"]) == (400, 24)
     # the figures the decisions were taken on came from the send log, in the tenant's local days
     step_back = detail.history[4]
     assert (step_back.sent, step_back.bounced, step_back.complained) == (400, 24, 0)

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 JOB_MODULES: tuple[str, ...] = ("workers.contacts", "workers.suppression", "workers.templates", "workers.warmup",
                                 "workers.mailwizz", "workers.campaigns", "workers.feedback",
                                 "workers.dns", "workers.blocklists", "workers.pmta", "workers.reputation",
-                                "workers.replies")
+                                "workers.replies", "workers.notify")
 
 
 def _families() -> list[Any]:

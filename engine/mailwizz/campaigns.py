@@ -183,7 +183,7 @@ async def run_campaign(pool: asyncpg.Pool, secret_key: str, campaign_id: int, *,
         if camp is None or camp.transport != "mailwizz":
             return "not a mailwizz campaign"
         if camp.status == "scheduled":
-            if await pool.fetchval(q("begin-sending"), campaign_id) is None:
+            if not await campaigns.begin_sending(pool, campaign_id):
                 return "scheduled"
             camp = await campaigns.get_campaign(pool, camp.tenant_id, campaign_id)
         install = await get_install(pool, camp.tenant_id)

@@ -156,7 +156,7 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
             return "deleted"
         tz = state["timezone"]
         if state["status"] == CampaignStatus.SCHEDULED:
-            if await ctx.pool.fetchval(q("begin-sending"), campaign_id) is None:
+            if not await campaigns.begin_sending(ctx.pool, campaign_id):
                 await _sleep(stop, ctx.tuning.idle)
             continue
         if state["status"] != CampaignStatus.SENDING:

@@ -2,7 +2,7 @@
 -- returns: ComplainedRow
 -- The send row a report names by its envelope id (X-Envelope-Id, Original-Envelope-Id); $2 NULL: any
 -- tenant's (the admin, the watched directory), else only that tenant's.
-SELECT s.id, s.tenant_id, s.campaign_id, s.ip_id, s.status::text AS status, c.email
+SELECT s.id, s.tenant_id, s.campaign_id, s.contact_id, s.ip_id, s.status::text AS status, c.email
 FROM sends s LEFT JOIN contacts c ON c.id = s.contact_id AND c.tenant_id = s.tenant_id
 WHERE s.id = $1 AND ($2::bigint IS NULL OR s.tenant_id = $2);
 
@@ -10,7 +10,7 @@ WHERE s.id = $1 AND ($2::bigint IS NULL OR s.tenant_id = $2);
 -- returns: ComplainedRow
 -- By the original Message-ID (sends_message_id); a Message-ID is the engine's own and unique in practice,
 -- the newest row wins if it ever is not.
-SELECT s.id, s.tenant_id, s.campaign_id, s.ip_id, s.status::text AS status, c.email
+SELECT s.id, s.tenant_id, s.campaign_id, s.contact_id, s.ip_id, s.status::text AS status, c.email
 FROM sends s LEFT JOIN contacts c ON c.id = s.contact_id AND c.tenant_id = s.tenant_id
 WHERE s.message_id = $1 AND ($2::bigint IS NULL OR s.tenant_id = $2)
 ORDER BY s.id DESC
@@ -18,13 +18,15 @@ LIMIT 1;
 
 -- name: complaints-send-by-campaign
 -- returns: ComplainedRow
--- By the campaign (X-Job, Feedback-ID) and the recipient: the contact through its dedup hash, then its one
--- row in that campaign (UNIQUE (campaign_id, contact_id)).
-SELECT s.id, s.tenant_id, s.campaign_id, s.ip_id, s.status::text AS status, c.email
+-- By the campaign (X-Job, Feedback-ID) and the recipient: the contact through its dedup hash, then its
+-- newest row in that campaign (a sequence has one per step; the complaint is about the latest message).
+SELECT s.id, s.tenant_id, s.campaign_id, s.contact_id, s.ip_id, s.status::text AS status, c.email
 FROM campaigns k
 JOIN contacts c ON c.tenant_id = k.tenant_id AND c.email_hash = $2
 JOIN sends s ON s.campaign_id = k.id AND s.contact_id = c.id
-WHERE k.id = $1 AND ($3::bigint IS NULL OR k.tenant_id = $3);
+WHERE k.id = $1 AND ($3::bigint IS NULL OR k.tenant_id = $3)
+ORDER BY s.id DESC
+LIMIT 1;
 
 -- name: complaints-create-report
 -- A report already stored for this tenant (or unmatched) returns nothing: it is not counted again.

@@ -1,7 +1,16 @@
 -- name: dns-store-domain
-UPDATE domains SET spf_status = $3, dkim_status = $4, dmarc_status = $5, ptr_status = $6, dns_report = $7,
-                   checked_at = now(), updated_at = now()
-WHERE tenant_id = $1 AND id = $2;
+-- Returns the statuses it replaced: a record that was ok and is not any more raises an alert.
+WITH before AS (
+    SELECT id, spf_status, dkim_status, dmarc_status, ptr_status FROM domains
+    WHERE tenant_id = $1 AND id = $2
+    FOR UPDATE
+)
+UPDATE domains d SET spf_status = $3, dkim_status = $4, dmarc_status = $5, ptr_status = $6, dns_report = $7,
+                     checked_at = now(), updated_at = now()
+FROM before
+WHERE d.tenant_id = $1 AND d.id = before.id
+RETURNING before.spf_status AS spf, before.dkim_status AS dkim, before.dmarc_status AS dmarc,
+          before.ptr_status AS ptr;
 
 -- name: dns-store-ip
 UPDATE ips SET ptr_status = $3, dns_report = $4, dns_checked_at = now()

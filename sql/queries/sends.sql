@@ -118,19 +118,19 @@ FROM sends WHERE campaign_id = $1 AND status IN ('queued', 'claimed', 'sending',
 UPDATE campaigns SET status = 'completed', finished_at = now(), updated_at = now()
 WHERE id = $1 AND status = 'sending' AND audience_ready
   AND NOT EXISTS (SELECT 1 FROM sends WHERE campaign_id = $1 AND status IN ('queued', 'claimed', 'sending', 'deferred'))
-RETURNING id;
+RETURNING id, tenant_id, name;
 
 -- name: pause-campaign-itself
 -- The engine pauses a sending campaign with the reason (a sender-side refusal); resume clears it.
 UPDATE campaigns SET status = 'paused', pause_reason = $2, updated_at = now()
 WHERE id = $1 AND status = 'sending'
-RETURNING id;
+RETURNING id, tenant_id;
 
 -- name: begin-sending
 -- A scheduled campaign whose time has come starts sending.
 UPDATE campaigns SET status = 'sending', updated_at = now()
 WHERE id = $1 AND status = 'scheduled' AND (send_at IS NULL OR send_at <= now())
-RETURNING id;
+RETURNING id, tenant_id;
 
 -- name: campaign-granted-on-day
 -- Tokens of a campaign's daily cap granted on a day (the tenant's local date): what its cap has used.
