@@ -14,11 +14,13 @@ from engine.languages import direction
 from engine.settings import Settings
 from engine.templates import (
     PAGE_MAX,
+    LibraryGroup,
     RenderedTemplate,
     SelectedTemplate,
     Template,
     TemplateCreate,
     TemplatePage,
+    TemplateStep,
     TemplateUpdate,
     TemplateVersion,
 )
@@ -68,9 +70,19 @@ async def list_templates(
     active: Annotated[bool | None, QueryParameter()] = None,
     cursor: Annotated[str | None, QueryParameter(max_length=20)] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=PAGE_MAX)] = 50,
+    step: Annotated[TemplateStep | None, QueryParameter(description="opening, follow_up_1 or follow_up_2")] = None,
 ) -> TemplatePage:
     return await templates.list_templates(db, caller.scope(tenant_id), language=language, category=category,
-                                          active=active, cursor=cursor, limit=limit)
+                                          active=active, cursor=cursor, limit=limit, step=step)
+
+
+@get("/templates/{tenant_id:int}/library", operation_id="listTemplateLibrary", summary="The template library",
+     tags=["templates"],
+     description="The tenant's templates grouped by category, then step role (opening, follow_up_1, "
+                 "follow_up_2), each group with its languages; general templates and one-off messages come last.")
+async def list_library(tenant_id: TenantId, db: Db, caller: Caller,
+                       category: Annotated[str | None, QueryParameter(max_length=100)] = None) -> list[LibraryGroup]:
+    return await templates.list_library(db, caller.scope(tenant_id), category)
 
 
 @get("/templates/{tenant_id:int}/{template_id:int}", operation_id="getTemplate", summary="Get a template",
@@ -142,5 +154,5 @@ async def preview_template(
                              "Content-Security-Policy": "default-src 'none'; img-src * data:; style-src 'unsafe-inline'"})
 
 
-ROUTES = [create_template, list_templates, get_template, update_template, delete_template, list_versions,
+ROUTES = [create_template, list_templates, list_library, get_template, update_template, delete_template, list_versions,
           select_template, render_template, preview_template]

@@ -9,8 +9,10 @@ from engine.contacts import ContactStatus
 from engine.data_sources import DataSourceKind
 from engine.imports import ImportStatus
 from engine.ips import IpStatus
+from engine.layout import Layout
 from engine.sending.grants import QuotaScope
 from engine.suppression import SuppressionReason
+from engine.templates import TemplateStep
 from engine.tenants import TenantTransport
 
 PYTHON: dict[str, type[StrEnum]] = {
@@ -24,6 +26,8 @@ PYTHON: dict[str, type[StrEnum]] = {
     "send_status": SendStatus,
     "suppression_reason": SuppressionReason,
     "tenant_transport": TenantTransport,
+    "email_layout": Layout,
+    "template_step": TemplateStep,
 }
 
 

@@ -254,7 +254,10 @@ def test_layout_lang_dir_and_footer(lang):
     rtl = lang == "ar"
     assert f'<html lang="{lang}" dir="{"rtl" if rtl else "ltr"}">' in email.html
     assert ("text-align: right" in email.html) is rtl
-    assert "<link" not in email.html and "<script" not in email.html and "<style" not in email.html
+    assert "<link" not in email.html and "<script" not in email.html
+    # Every rule is inlined; the one <style> left holds the @media blocks (narrow screens, dark mode) alone.
+    styles = re.findall(r"<style>(.*?)</style>", email.html, re.S)
+    assert len(styles) == 1 and re.fullmatch(r"\s*(@media[^{]*\{(\s*[^{}]*\{[^{}]*\})*\s*\}\s*)+", styles[0])
     assert 'width="600"' in email.html and "max-width: 600px" in email.html
     assert 'href="https://unsubscribe.example/u/abc?t=1&amp;s=2"' in email.html
     assert "1 rue de l&#39;Exemple, 75001 Paris" in email.html and "Example SAS" in email.html
@@ -315,7 +318,9 @@ def test_starters_cover_nine_languages_and_render():
     assert set(general) == LANGUAGES
     seed = [s for s in starters if s.name == "Cold - Avocat FR"]
     assert len(seed) == 1 and seed[0].language == "fr" and seed[0].category == "avocat"
-    assert seed[0].subject == SEED_SUBJECT and seed[0].body_html == SEED_BODY
+    # The seed's copy read "Votre cabinet Cabinet Durand…" and had no closing: the starter's copy is fixed.
+    assert seed[0].subject == SEED_SUBJECT and "Votre cabinet {company}" not in seed[0].body_html
+    assert seed[0].body_html.endswith("<p>Bien cordialement,<br>{{ sender_name }}<br>{{ sender_company }}</p>")
     for starter in starters:
         assert check_template(starter.subject, starter.body_html, starter.body_text) == []
         assert template_variables(starter.subject, starter.body_html) <= set(starter.variables)

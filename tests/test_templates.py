@@ -195,7 +195,7 @@ async def test_update_invalidates_the_cache_in_other_processes(redis_url, namesp
     book = TemplateBook(1, list((await load_template_book(db, 1)).by_id.values()), cache=cache)
     tpl = book.choose("fr", "avocat")
     book.compiled(tpl)
-    key = (templates.cache_key(tpl), ("email", "fr"))
+    key = (templates.cache_key(tpl), ("email", "fr", tpl.layout))
     assert cache.lookup(key) is not None
     listener_client, publisher = Redis.from_url(redis_url), Redis.from_url(redis_url)
     ready = asyncio.Event()
@@ -321,7 +321,8 @@ async def test_preview_is_an_html_page_with_lang_and_dir(client, admin, seeded, 
     r = await client.get(f"/api/v2/templates/1/{ar}/preview", headers=admin)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert '<html lang="ar" dir="rtl">' in r.text and "Camille" in r.text
-    assert "http://engine.test/u/preview" in r.text and "[sender_name]" in r.text
+    # The tenant's sender identity signs and fills the footer, as in a campaign.
+    assert "http://engine.test/u/preview" in r.text and "Claire Martin" in r.text and "12 rue de l" in r.text
     assert "default-src 'none'" in r.headers["content-security-policy"]
     fr = await create(client, admin)
     r = await client.get(f"/api/v2/templates/1/{fr['id']}/preview", headers=admin)

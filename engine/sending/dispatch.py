@@ -87,6 +87,7 @@ class Prepared(msgspec.Struct, kw_only=True):
     compiled: CompiledTemplate
     token: str
     provider: str
+    sender: dict[str, str]            # the sender identity every message shows (the book's)
 
     def item(self) -> Item:
         return Item(held=sends.Held(self.row.id, self.row.claim_gen), provider=self.provider)
@@ -181,7 +182,7 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
         if camp.wait_reason is not None:
             await campaigns.set_wait_reason(ctx.pool, campaign_id, None)
         # A fresh book per batch: a template edited mid-campaign is used from the next batch on.
-        book = await load_template_book(ctx.pool, camp.tenant_id)
+        book = await load_template_book(ctx.pool, camp.tenant_id, camp.id)
         rows = await sends.claim(ctx.pool, campaign_id, ctx.worker_id, int(min(ctx.tuning.batch, room)))
         if not rows:
             if await campaigns.complete_if_done(ctx.pool, campaign_id):
@@ -265,7 +266,7 @@ def _prepare(ctx: Context, campaign: Campaign, book: TemplateBook, row: sends.Cl
     token = unsubscribe.make_token(ctx.secret_key, tenant_id=campaign.tenant_id, email=row.email,
                                    contact_id=row.contact_id, campaign_id=campaign.id, language=template.language)
     return Prepared(row=row, template=template, compiled=book.compiled(template), token=token,
-                    provider=provider_for_mx(row.mx_host))
+                    provider=provider_for_mx(row.mx_host), sender=book.sender)
 
 
 def _render(ctx: Context, p: Prepared) -> RenderedEmail:
@@ -274,7 +275,7 @@ def _render(ctx: Context, p: Prepared) -> RenderedEmail:
                "company": row.company, "website": row.website, "country": row.country,
                "language": row.language, "category": row.category}
     return render_email(p.compiled, render_context(contact, row.custom, unsubscribe.unsubscribe_url(ctx.public_url,
-                                                                                                   p.token)))
+                                                                                                   p.token), p.sender))
 
 
 class Chunk(msgspec.Struct, kw_only=True):
