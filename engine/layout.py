@@ -63,12 +63,12 @@ body { margin:0; padding:0; background-color:#f4f5f7; -webkit-text-size-adjust:1
 .brand { padding:24px 32px 0 32px; font-family:FONT; font-size:18px; line-height:1.4; font-weight:bold;
          color:#1f2933; text-align:ALIGN; direction:DIR; }
 .content { padding:24px 32px 16px 32px; font-family:FONT; font-size:16px; line-height:1.6; color:#1f2933;
-           text-align:ALIGN; direction:DIR; word-wrap:break-word; overflow-wrap:break-word; }
+           text-align:ALIGN; direction:DIR; word-wrap:break-word; }
 .footer { padding:16px 32px 8px 32px; font-family:FONT; font-size:12px; line-height:1.5; color:#6b7280;
           text-align:ALIGN; direction:DIR; }
 .footer-link { color:#6b7280; text-decoration:underline; }
 .preheader { display:none; max-height:0; max-width:0; overflow:hidden; mso-hide:all; font-size:1px;
-             line-height:1px; color:#f4f5f7; opacity:0; }
+             line-height:1px; opacity:0; }
 @media only screen and (max-width:620px) {
   .outer { padding:8px 0 !important; }
   .brand { padding:16px 16px 0 16px !important; }
@@ -82,6 +82,9 @@ body { margin:0; padding:0; background-color:#f4f5f7; -webkit-text-size-adjust:1
   .footer, .footer-link { color:#9ca3af !important; }
 }
 """
+
+# The preheader has no colour of its own: text coloured like its background is a spam signal
+# (SpamAssassin HTML_FONT_LOW_CONTRAST); display:none and opacity hide it.
 
 # Layout variables a render may leave out; given as template globals so no Undefined is built per message.
 LAYOUT_DEFAULTS: tuple[tuple[str, str], ...] = (
@@ -132,7 +135,7 @@ _BRANDED = _HEAD + """<style>STYLE</style>
 _PERSONAL = _HEAD + """</head>
 <body style="margin:0; padding:0;">
 <div style="display:none; max-height:0; overflow:hidden; mso-hide:all; font-size:1px; line-height:1px; opacity:0;">@@PREHEADER@@</div>
-<div dir="DIR" style="font-family:FONT; font-size:15px; line-height:1.5; text-align:ALIGN; direction:DIR; padding:8px 12px; word-wrap:break-word; overflow-wrap:break-word;">
+<div dir="DIR" style="font-family:FONT; font-size:15px; line-height:1.5; text-align:ALIGN; direction:DIR; padding:8px 12px; word-wrap:break-word;">
 @@BODY@@
 <p style="margin:24px 0 0 0; font-size:12px; line-height:1.5; color:#6b7280;"><!--@@IF_BRAND@@-->@@BRAND@@<br><!--@@END@@--><!--@@IF_ADDRESS@@-->@@ADDRESS@@<br><!--@@END@@--><a href="@@UNSUBSCRIBE_URL@@" style="color:#6b7280;">LABEL</a></p>
 </div>

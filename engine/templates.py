@@ -358,13 +358,12 @@ async def seed_starters(db: asyncpg.Connection, tenant_id: int, tenant_slug: str
     if tenant_slug is not None:
         for file in load_library(library_root, tenant_slug):
             starters.extend(library_templates(file))
-    added = 0
-    for s in starters:
-        variables = list(s.variables) or sorted(template_variables(s.subject, s.body_html, s.body_text) - PROVIDED)
-        added += await db.fetchval(q("templates-seed-starter"), tenant_id, s.name, s.language,
-                                   clean_category(s.category), s.subject, s.body_html, s.body_text, variables,
-                                   s.layout or Layout.BRANDED, s.step, s.preheader, None) is not None
-    return added
+    rows = [{"name": s.name, "language": s.language, "category": clean_category(s.category), "subject": s.subject,
+             "body_html": s.body_html, "body_text": s.body_text,
+             "variables": list(s.variables) or sorted(template_variables(s.subject, s.body_html, s.body_text)
+                                                      - PROVIDED),
+             "layout": s.layout or Layout.BRANDED, "step": s.step, "preheader": s.preheader} for s in starters]
+    return await db.fetchval(q("templates-seed-starters"), tenant_id, rows)
 
 
 # --- rendering ---------------------------------------------------------------------------------------------

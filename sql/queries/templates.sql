@@ -136,21 +136,29 @@ JOIN email_templates t ON t.id = v.template_id
 WHERE t.tenant_id = $1 AND v.template_id = $2 AND t.deleted_at IS NULL
 ORDER BY v.version DESC;
 
--- name: templates-seed-starter
+-- name: templates-seed-starters
 -- Insert-if-absent by (tenant, name, language), deleted rows included: a starter the tenant deleted stays
--- deleted, and one the tenant edited keeps the edits, when the seed runs again. Returns the new id, if any.
-WITH t AS (
+-- deleted, and one the tenant edited keeps the edits, when the seed runs again. $2 is every starter as a
+-- JSON array (one statement however big the library). Returns how many were added.
+WITH s AS (
+    SELECT * FROM jsonb_to_recordset($2::jsonb) AS s(name text, language text, category text, subject text,
+                                                       body_html text, body_text text, variables text[],
+                                                       layout email_layout, step template_step, preheader text)
+), t AS (
     INSERT INTO email_templates (tenant_id, name, language, category, subject, body_html, body_text, variables,
-                                 layout, step, preheader, title)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9::email_layout, $10::template_step, $11, $12
-    WHERE NOT EXISTS (SELECT 1 FROM email_templates WHERE tenant_id = $1 AND name = $2 AND language = $3)
+                                 layout, step, preheader)
+    SELECT $1, s.name, s.language, s.category, s.subject, s.body_html, s.body_text, s.variables, s.layout,
+           s.step, s.preheader
+    FROM s
+    WHERE NOT EXISTS (SELECT 1 FROM email_templates e
+                      WHERE e.tenant_id = $1 AND e.name = s.name AND e.language = s.language)
     RETURNING id, version, language, subject, body_html, body_text, variables, layout, preheader, title
 ), v AS (
     INSERT INTO email_template_versions (template_id, version, language, subject, body_html, body_text, variables,
                                          layout, preheader, title)
     SELECT id, version, language, subject, body_html, body_text, variables, layout, preheader, title FROM t
 )
-SELECT id FROM t;
+SELECT count(*) FROM t;
 
 -- name: templates-contact
 -- The fields a template may use, for a preview or a test render against one of the tenant's contacts.
