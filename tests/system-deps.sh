@@ -2,10 +2,15 @@
 # Debian packages the test suite and the benchmarks need, installed only when missing.
 #   chromium   - headless browser for the right-to-left layout test
 #   postfix    - only for /usr/sbin/smtp-sink and smtp-source (the mail system is never configured or started)
+#   spamassassin - the spam check of every library message (local rules only, never sa-update or network tests)
+#   nodejs, npm  - the email-client support check (@jsx-email/doiuse-email, installed by tests/run.sh)
 set -euo pipefail
 need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/sbin/smtp-sink ] || need+=(postfix)
+perl -MMail::SpamAssassin -e 1 2>/dev/null || need+=(spamassassin)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "system-deps: missing ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2

@@ -19,10 +19,12 @@ import tempfile
 from collections.abc import Sequence
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
-from engine.rendering import template_variables
+from engine.errors import Unprocessable
+from engine.rendering import TemplateRejected, template_variables
 
 HERE = Path(__file__).parent
 DOIUSE_SCRIPT = HERE / "doiuse.mjs"
@@ -300,3 +302,44 @@ def build_check_message(*, subject: str, body_html: str, body_text: str | None, 
         headers={"List-Unsubscribe": f"<{CHECK_UNSUBSCRIBE}>", "List-Unsubscribe-Post": ONE_CLICK})
     return Message(html=email.html, raw=raw, subject=subject, body_html=body_html, body_text=body_text,
                    variables=variables, provided=PROVIDED, baseline_html=empty.html)
+
+
+class TemplateCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """What `POST /templates/{tenant}/{id}/check` answers: the checks of one stored template."""
+
+    template_id: int
+    version: int
+    language: str
+    layout: str
+    passed: bool
+    html_bytes: int
+    message_bytes: int
+    spam_score: float | None
+    spam_report: str | None
+    findings: list[Finding]
+
+
+async def check_template(db: Any, tenant_id: int, template_id: int, *, layout: str | None = None,
+                         node_modules: Path | None = None) -> TemplateCheck:
+    """A tenant's template built as a campaign would send it (sample contact, the tenant's identity), checked."""
+    from engine import templates
+    from engine.identities import resolve_identity
+    from engine.rendering import CONTACT_FIELDS, render_context
+
+    t = await templates.get_template(db, tenant_id, template_id)
+    sender = (await resolve_identity(db, tenant_id)).context()
+    contact_names = {n for pair in CONTACT_FIELDS for n in pair if n}
+    used = set(t.variables) | template_variables(t.subject, t.body_html, t.body_text)
+    fields = {n: f"[{n}]" for n in used - templates.PROVIDED - contact_names} | templates.SAMPLE_CONTACT
+    shape = layout or t.layout
+    try:
+        built = build_check_message(subject=t.subject, body_html=t.body_html, body_text=t.body_text,
+                                    variables=t.variables, language=t.language, layout=shape,
+                                    preheader=t.preheader, title=t.title, context=render_context(fields),
+                                    sender=sender)
+    except TemplateRejected as exc:
+        raise Unprocessable(exc.message, field=exc.field) from None
+    [report] = await check_messages([built], node_modules=node_modules)
+    return TemplateCheck(template_id=t.id, version=t.version, language=t.language, layout=str(shape),
+                         passed=report.passed, html_bytes=report.html_bytes, message_bytes=report.message_bytes,
+                         spam_score=report.spam_score, spam_report=report.spam_report, findings=report.findings)
