@@ -104,6 +104,8 @@ _HEAD = """<!DOCTYPE html>
 <title>@@TITLE@@</title>
 """
 
+# Identity lines carry dir="auto": a Latin postal address in an Arabic footer keeps its own order
+# ("12 rue…", not "rue… 12"), while the line stays aligned with the rest.
 # Markers survive css_inline as text/comments and become Jinja afterwards; the body is inserted between.
 _BRANDED = _HEAD + """<style>STYLE</style>
 </head>
@@ -116,9 +118,9 @@ _BRANDED = _HEAD + """<style>STYLE</style>
 <!--@@IF_BRAND@@--><tr><td class="brand" dir="DIR" align="ALIGN">@@BRAND@@</td></tr><!--@@END@@-->
 <tr><td class="content" dir="DIR" align="ALIGN">@@BODY@@</td></tr>
 <tr><td class="footer" dir="DIR" align="ALIGN">
-<!--@@IF_BRAND@@--><p style="margin:0 0 4px 0;">@@BRAND@@</p><!--@@END@@-->
-<!--@@IF_ADDRESS@@--><p style="margin:0 0 4px 0;">@@ADDRESS@@</p><!--@@END@@-->
-<!--@@IF_WEBSITE@@--><p style="margin:0 0 4px 0;"><a class="footer-link" href="@@WEBSITE@@">@@WEBSITE@@</a></p><!--@@END@@-->
+<!--@@IF_BRAND@@--><p dir="auto" style="margin:0 0 4px 0;">@@BRAND@@</p><!--@@END@@-->
+<!--@@IF_ADDRESS@@--><p dir="auto" style="margin:0 0 4px 0;">@@ADDRESS@@</p><!--@@END@@-->
+<!--@@IF_WEBSITE@@--><p dir="auto" style="margin:0 0 4px 0;"><a class="footer-link" href="@@WEBSITE@@">@@WEBSITE@@</a></p><!--@@END@@-->
 <p style="margin:0;"><a class="footer-link" href="@@UNSUBSCRIBE_URL@@">LABEL</a></p>
 </td></tr>
 </table>
@@ -137,7 +139,7 @@ _PERSONAL = _HEAD + """</head>
 <div style="display:none; max-height:0; overflow:hidden; mso-hide:all; font-size:1px; line-height:1px; opacity:0;">@@PREHEADER@@</div>
 <div dir="DIR" style="font-family:FONT; font-size:15px; line-height:1.5; text-align:ALIGN; direction:DIR; padding:8px 12px; word-wrap:break-word;">
 @@BODY@@
-<p style="margin:24px 0 0 0; font-size:12px; line-height:1.5; color:#6b7280;"><!--@@IF_BRAND@@-->@@BRAND@@<br><!--@@END@@--><!--@@IF_ADDRESS@@-->@@ADDRESS@@<br><!--@@END@@--><a href="@@UNSUBSCRIBE_URL@@" style="color:#6b7280;">LABEL</a></p>
+<p style="margin:24px 0 0 0; font-size:12px; line-height:1.5; color:#6b7280;"><!--@@IF_BRAND@@--><span dir="auto">@@BRAND@@</span><br><!--@@END@@--><!--@@IF_ADDRESS@@--><span dir="auto">@@ADDRESS@@</span><br><!--@@END@@--><!--@@IF_WEBSITE@@--><a href="@@WEBSITE@@" style="color:#6b7280;">@@WEBSITE@@</a><br><!--@@END@@--><a href="@@UNSUBSCRIBE_URL@@" style="color:#6b7280;">LABEL</a></p>
 </div>
 </body>
 </html>

@@ -49,9 +49,9 @@ class Browser:
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
         # --remote-debugging-pipe reads commands on fd 3 and answers on fd 4: the shell puts the pipes there
-        # and execs the browser.
+        # and execs the browser (bash: dash refuses fds above 9 in redirections).
         self._proc = subprocess.Popen(
-            ["/bin/sh", "-c", f'exec "$0" "$@" 3<&{to_child_r} 4>&{from_child_w}', path, *FLAGS,
+            ["/bin/bash", "-c", f'exec "$0" "$@" 3<&{to_child_r} 4>&{from_child_w}', path, *FLAGS,
              f"--user-data-dir={self._profile.name}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             pass_fds=(to_child_r, from_child_w), start_new_session=True)
@@ -115,9 +115,10 @@ class Browser:
         return result["result"].get("value")
 
     def screenshot(self, path: Path) -> None:
-        """The whole page as PNG, however long it is."""
+        """The whole page as PNG, however long it is, at the current width."""
+        width = int(self.evaluate("document.documentElement.clientWidth"))
+        self.viewport(width, 100)  # the document is at least as tall as the viewport: measure it in a short one
         height = int(self.evaluate("Math.ceil(document.documentElement.scrollHeight)") or 900)
-        data = self.call("Page.captureScreenshot", session=True, format="png", captureBeyondViewport=True,
-                         clip={"x": 0, "y": 0, "width": self.evaluate("document.documentElement.clientWidth"),
-                               "height": height, "scale": 1})["data"]
+        self.viewport(width, height)
+        data = self.call("Page.captureScreenshot", session=True, format="png")["data"]
         path.write_bytes(base64.b64decode(data))

@@ -4,6 +4,8 @@
 #   postfix    - only for /usr/sbin/smtp-sink and smtp-source (the mail system is never configured or started)
 #   spamassassin - the spam check of every library message (local rules only, never sa-update or network tests)
 #   nodejs, npm  - the email-client support check (@jsx-email/doiuse-email, installed by tests/run.sh)
+#   fonts-noto-core, fonts-noto-cjk - Devanagari, Arabic and CJK glyphs, so the browser lays out (and the
+#                  screenshots show) Hindi and Chinese as readers see them rather than as boxes
 set -euo pipefail
 need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)
@@ -11,6 +13,8 @@ need=()
 perl -MMail::SpamAssassin -e 1 2>/dev/null || need+=(spamassassin)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+fc-list :lang=hi 2>/dev/null | grep -q . || need+=(fonts-noto-core)
+fc-list :lang=zh 2>/dev/null | grep -q . || need+=(fonts-noto-cjk)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "system-deps: missing ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2
