@@ -93,3 +93,12 @@ def test_screenshots_of_every_language_in_both_layouts_are_kept(layouts):
             for width in WIDTHS:
                 shot = ARTEFACTS / f"{layout.value}-{lang}-{width}.png"
                 assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 3000, shot
+
+
+def test_the_readme_shows_one_template_per_language_in_both_layouts():
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for layout in Layout:
+        for lang in sorted({c.template.language for c in CASES}):
+            shot = f"docs/screenshots/{layout.value}-{lang}.png"
+            assert f"]({shot})" in readme, shot
+            assert (Path(__file__).parent.parent / shot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot
