@@ -87,9 +87,11 @@ body { margin:0; padding:0; background-color:#f4f5f7; -webkit-text-size-adjust:1
 # (SpamAssassin HTML_FONT_LOW_CONTRAST); display:none and opacity hide it.
 
 # Layout variables a render may leave out; given as template globals so no Undefined is built per message.
+# `sender_name` is not one: the layouts do not show it, and a signature that uses it must not go out empty
+# (a tenant without a sender identity gets "missing variable 'sender_name'", or the template's |default).
 LAYOUT_DEFAULTS: tuple[tuple[str, str], ...] = (
-    ("preheader", ""), ("title", ""), ("brand", ""), ("sender_name", ""), ("sender_company", ""),
-    ("sender_address", ""), ("sender_website", ""),
+    ("preheader", ""), ("title", ""), ("brand", ""), ("sender_company", ""), ("sender_address", ""),
+    ("sender_website", ""),
 )
 
 _HEAD = """<!DOCTYPE html>

@@ -41,11 +41,10 @@ PAGE_MAX = 200
 # Rungs of the selection chain, in the seed's order; `matched` in answers is one of these.
 RUNGS = ("language+category", "language", "en+category", "en")
 
-# Names every render provides, so a template may use them without declaring them.
+# Names every render provides, so a template may use them without declaring them (the sender_* ones are the
+# sender identity, engine/identities.py).
 PROVIDED = frozenset({"unsubscribe_url", "unsubscribeUrl", "today", "custom", "template_language", "preheader",
                       "title", "brand", "sender_address", "sender_name", "sender_company", "sender_website"})
-# The sender identity (engine/identity.py) every render carries: documented here, so a template may use them.
-SENDER_NAMES = ("sender_name", "sender_company", "sender_address", "sender_website")
 CONTACT_NAMES = frozenset(n for pair in CONTACT_FIELDS for n in pair if n)
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, examples=["Cold - Avocat FR"])]
@@ -85,12 +84,12 @@ class Template(msgspec.Struct, frozen=True, kw_only=True):
     variables: list[str]
     active: bool
     version: int
-    layout: Layout
-    step: TemplateStep | None
-    preheader: str | None
-    title: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    layout: Layout = Layout.BRANDED
+    step: TemplateStep | None = None
+    preheader: str | None = None
+    title: str | None = None
 
 
 class SelectedTemplate(Template, frozen=True, kw_only=True):
@@ -424,11 +423,13 @@ async def render_template(db: asyncpg.Connection, tenant_id: int, template_id: i
         # Other variables show as their own name in brackets, so the preview says where each one goes.
         used = set(template.variables) | template_variables(template.subject, template.body_html, template.body_text)
         contact = {n: f"[{n}]" for n in used - PROVIDED - CONTACT_NAMES} | SAMPLE_CONTACT
+        if "sender_name" in used:
+            contact = {"sender_name": "[sender_name]"} | contact  # under the tenant's identity, when it has one
     given = dict(variables or {})
     for snake, camel in CONTACT_FIELDS:  # `firstName` given explicitly beats the contact's `first_name`
         if camel and camel in given:
             given[snake] = given.pop(camel)
-    fields = (await resolve_identity(db, tenant_id)).context() | contact | given
+    fields = contact | (await resolve_identity(db, tenant_id)).context() | given
     context = render_context(fields, contact.get("custom") or None, unsubscribe_url,
                              {k: v for k, v in fields.items() if k not in CONTACT_NAMES and k != "custom"})
     return render_compiled(template, context)

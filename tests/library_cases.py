@@ -72,7 +72,9 @@ def cases() -> tuple[Case, ...]:
     return tuple(out)
 
 
+@cache
 def message(case: Case) -> Message:
+    """Built once per run: the checks and the browser test share it."""
     t = case.template
     return build_check_message(subject=t.subject, body_html=t.body_html, body_text=t.body_text,
                                variables=t.variables, language=t.language, layout=case.layout,

@@ -110,3 +110,26 @@ async def test_the_seed_gives_each_tenant_a_sender_identity_that_previews_show(d
     fr = await db.fetchval("SELECT id FROM email_templates WHERE tenant_id = 2 AND name = 'Introduction - FR'")
     r = await client.get(f"/api/v2/templates/2/{fr}/preview", headers=admin)
     assert "Thomas Laurent" in r.text and "8 avenue de l&#39;Exemple" in r.text
+
+
+async def test_preheader_and_title_are_settable_and_make_a_new_version(client, admin, seeded):
+    r = await client.post("/api/v2/templates", headers=admin, json={
+        "tenant_id": 1, "name": "With preheader", "language": "en", "subject": "Hello <{{ company }}>",
+        "body_html": "<p>Hi {{ first_name }},</p>", "preheader": "  Two lines\nabout you  "})
+    assert r.status_code == 201, r.text
+    made = r.json()
+    assert made["layout"] == "personal" and made["preheader"] == "Two lines about you" and made["title"] is None
+    render = {"tenant_id": 1, "template_id": made["id"], "variables": {"first_name": "Jane", "company": "A&B"}}
+    html = (await client.post("/api/v2/templates/render", headers=admin, json=render)).json()["html"]
+    # The title defaults to the rendered subject, escaped like any value.
+    assert "<title>Hello &lt;A&amp;B&gt;</title>" in html and ">Two lines about you</div>" in html
+    r = await client.put(f"/api/v2/templates/1/{made['id']}", headers=admin,
+                         json={"title": "A note for you", "layout": "branded"})
+    assert r.json()["version"] == 2 and r.json()["layout"] == "branded"
+    html = (await client.post("/api/v2/templates/render", headers=admin, json=render)).json()["html"]
+    assert "<title>A note for you</title>" in html and 'class="container"' in html
+    old = (await client.post("/api/v2/templates/render", headers=admin, json={**render, "version": 1})).json()
+    assert "<title>Hello &lt;A&amp;B&gt;</title>" in old["html"] and 'class="container"' not in old["html"]
+    r = await client.post("/api/v2/templates", headers=admin, json={
+        "tenant_id": 1, "name": "x", "language": "en", "subject": "s", "body_html": "<p>x</p>", "layout": "fancy"})
+    assert r.status_code == 400 and r.json()["field"] == "layout"

@@ -326,6 +326,8 @@ def test_starters_cover_nine_languages_and_render():
         assert template_variables(starter.subject, starter.body_html) <= set(starter.variables)
         email = build_email(starter.subject, starter.body_html, starter.body_text,
                             render_context({"first_name": "Amal", "company": "Nour Conseil"}),
-                            language=starter.language, unsubscribe_url=UNSUB)
+                            language=starter.language, unsubscribe_url=UNSUB,
+                            sender={"sender_name": "Claire Martin", "sender_company": "SOS-Expat"})
         assert "Amal" in email.html and "Nour Conseil" in email.html
         assert "Amal" in email.text and "{" not in email.text and "{" not in email.subject
+        assert "Claire Martin" in email.text  # every starter signs off with the sender's name

@@ -346,10 +346,12 @@ async def test_seed_loads_starters_for_both_tenants(db) -> None:
 
 async def test_every_starter_renders_for_a_contact(seeded, db) -> None:
     book = await load_template_book(db, 1)
+    assert book.sender["sender_name"] == "Claire Martin"  # the seed's identity, which every message carries
     for tpl in book.by_id.values():
         out = templates.render_compiled(tpl, templates.render_context(
-            {"first_name": "Zoé", "company": "Z & Co"}, None, "https://engine.test/u/t"))
+            {"first_name": "Zoé", "company": "Z & Co"}, None, "https://engine.test/u/t", book.sender))
         assert "Zoé" in out.subject + out.html and out.text.rstrip().endswith("https://engine.test/u/t")
+        assert "Claire Martin" in out.text
 
 
 def test_create_payload_decodes_the_seed_curl() -> None:

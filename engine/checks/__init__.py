@@ -331,6 +331,8 @@ async def check_template(db: Any, tenant_id: int, template_id: int, *, layout: s
     contact_names = {n for pair in CONTACT_FIELDS for n in pair if n}
     used = set(t.variables) | template_variables(t.subject, t.body_html, t.body_text)
     fields = {n: f"[{n}]" for n in used - templates.PROVIDED - contact_names} | templates.SAMPLE_CONTACT
+    if "sender_name" in used and "sender_name" not in sender:
+        fields["sender_name"] = "[sender_name]"  # a tenant without an identity yet: checked as a preview shows it
     shape = layout or t.layout
     try:
         built = build_check_message(subject=t.subject, body_html=t.body_html, body_text=t.body_text,
