@@ -133,3 +133,24 @@ async def test_preheader_and_title_are_settable_and_make_a_new_version(client, a
     r = await client.post("/api/v2/templates", headers=admin, json={
         "tenant_id": 1, "name": "x", "language": "en", "subject": "s", "body_html": "<p>x</p>", "layout": "fancy"})
     assert r.status_code == 400 and r.json()["field"] == "layout"
+
+
+async def test_the_migration_fixes_the_seeds_avocat_starter_where_it_is_unchanged(db):
+    import sql
+    from engine.starters import starter_templates
+
+    old = "<p>Bonjour {firstName},</p><p>Votre cabinet {company} pourrait bénéficier...</p>"
+    await db.execute("INSERT INTO tenants (slug, name) VALUES ('t1', 'T1'), ('t2', 'T2')")
+    for tenant, body in ((1, old), (2, old + "<p>edited</p>")):
+        await db.execute("WITH t AS (INSERT INTO email_templates (tenant_id, name, language, category, subject, "
+                         "body_html) VALUES ($1, 'Cold - Avocat FR', 'fr', 'avocat', 's', $2) RETURNING *) "
+                         "INSERT INTO email_template_versions (template_id, version, language, subject, body_html) "
+                         "SELECT id, 1, language, subject, body_html FROM t", tenant, body)
+    migration = next(m for m in sql.migrations() if m.version == 20).sql
+    await db.execute(migration[migration.index("WITH fixed AS ("):])
+    starter = next(s for s in starter_templates() if s.name == "Cold - Avocat FR")
+    rows = await db.fetch("SELECT tenant_id, version, body_html, variables FROM email_templates ORDER BY tenant_id")
+    assert rows[0]["version"] == 2 and rows[0]["body_html"] == starter.body_html
+    assert rows[0]["variables"] == list(starter.variables)
+    assert rows[1]["version"] == 1 and rows[1]["body_html"].endswith("<p>edited</p>")  # a tenant's edit is kept
+    assert await db.fetchval("SELECT count(*) FROM email_template_versions") == 3

@@ -39,3 +39,21 @@ CREATE TABLE sender_identities (
 );
 CREATE UNIQUE INDEX sender_identities_tenant ON sender_identities (tenant_id) WHERE campaign_id IS NULL;
 CREATE UNIQUE INDEX sender_identities_campaign ON sender_identities (campaign_id) WHERE campaign_id IS NOT NULL;
+
+-- The seed's "Cold - Avocat FR" starter read "Votre cabinet Cabinet Durand…" and had no closing. Where a
+-- tenant still has it exactly as seeded, it gets the corrected copy as a new version (sends keep theirs).
+WITH fixed AS (
+    UPDATE email_templates
+    SET body_html = '<p>Bonjour {firstName},</p><p>Chaque semaine, des expatriés nous demandent un avocat qui '
+                    'parle leur langue et connaît leur situation. {company} pourrait-il en accompagner certains ?'
+                    '</p><p>Auriez-vous dix minutes cette semaine pour que je vous explique comment cela '
+                    'fonctionne ?</p><p>Bien cordialement,<br>{{ sender_name }}<br>{{ sender_company }}</p>',
+        variables = ARRAY['firstName', 'company', 'sender_name', 'sender_company'],
+        version = version + 1, updated_at = now()
+    WHERE name = 'Cold - Avocat FR' AND language = 'fr' AND deleted_at IS NULL
+      AND body_html = '<p>Bonjour {firstName},</p><p>Votre cabinet {company} pourrait bénéficier...</p>'
+    RETURNING id, version, language, subject, body_html, body_text, variables, layout, preheader, title
+)
+INSERT INTO email_template_versions (template_id, version, language, subject, body_html, body_text, variables,
+                                     layout, preheader, title)
+SELECT id, version, language, subject, body_html, body_text, variables, layout, preheader, title FROM fixed;
