@@ -30,6 +30,7 @@ from api import (
     event_webhooks,
     feedback,
     health,
+    identities,
     imports,
     ips,
     mailwizz,
@@ -87,7 +88,8 @@ def controllers() -> Sequence[Any]:
             *suppressions.ROUTES, *templates.ROUTES, *ips.ROUTES, *domains.ROUTES, *warmup.ROUTES,
             *mailwizz.ROUTES, *feedback.ROUTES, *dns.ROUTES,
             *pmta.ROUTES, *audit.ROUTES, *reputation.ROUTES, *sequences.ROUTES, *replies.ROUTES, *alerts.ROUTES,
-            *event_webhooks.ROUTES]
+            *event_webhooks.ROUTES,
+            *identities.ROUTES]
 
 
 def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_routes: Sequence[Any] = (),

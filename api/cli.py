@@ -20,7 +20,7 @@ from api import ops_cli, progress_cli
 from api.supervisor import ChildSpec, Supervisor
 from engine import db as dbm
 from engine import embedded, logs, secrets
-from engine.settings import Settings, SettingsError, load_settings
+from engine.settings import Settings, SettingsError, load_settings, public_url_warning
 
 log = logging.getLogger("email-engine")
 
@@ -233,6 +233,9 @@ def _announce(rt: Runtime, settings: Settings, stand) -> None:
     elif settings.pmta_host is not None:
         lines.append(f"  PowerMTA: smtp://{settings.pmta_host}:{settings.pmta_port}")
     lines.append("  Ctrl-C stops everything.")
+    warning = public_url_warning(settings)
+    if warning:
+        lines.append(warning)
     print("\n".join(lines), flush=True)
 
 

@@ -9,16 +9,20 @@ from litestar import MediaType, Response, delete, get, post, put
 from litestar.params import JSONBody, QueryParameter
 
 from api.deps import Caller, Config, Db, RedisClient, TenantId, id_param
-from engine import templates
+from engine import checks, templates
+from engine.checks import TemplateCheck
 from engine.languages import direction
+from engine.layout import Layout
 from engine.settings import Settings
 from engine.templates import (
     PAGE_MAX,
+    LibraryGroup,
     RenderedTemplate,
     SelectedTemplate,
     Template,
     TemplateCreate,
     TemplatePage,
+    TemplateStep,
     TemplateUpdate,
     TemplateVersion,
 )
@@ -68,9 +72,19 @@ async def list_templates(
     active: Annotated[bool | None, QueryParameter()] = None,
     cursor: Annotated[str | None, QueryParameter(max_length=20)] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=PAGE_MAX)] = 50,
+    step: Annotated[TemplateStep | None, QueryParameter(description="opening, follow_up_1 or follow_up_2")] = None,
 ) -> TemplatePage:
     return await templates.list_templates(db, caller.scope(tenant_id), language=language, category=category,
-                                          active=active, cursor=cursor, limit=limit)
+                                          active=active, cursor=cursor, limit=limit, step=step)
+
+
+@get("/templates/{tenant_id:int}/library", operation_id="listTemplateLibrary", summary="The template library",
+     tags=["templates"],
+     description="The tenant's templates grouped by category, then step role (opening, follow_up_1, "
+                 "follow_up_2), each group with its languages; general templates and one-off messages come last.")
+async def list_library(tenant_id: TenantId, db: Db, caller: Caller,
+                       category: Annotated[str | None, QueryParameter(max_length=100)] = None) -> list[LibraryGroup]:
+    return await templates.list_library(db, caller.scope(tenant_id), category)
 
 
 @get("/templates/{tenant_id:int}/{template_id:int}", operation_id="getTemplate", summary="Get a template",
@@ -142,5 +156,21 @@ async def preview_template(
                              "Content-Security-Policy": "default-src 'none'; img-src * data:; style-src 'unsafe-inline'"})
 
 
-ROUTES = [create_template, list_templates, get_template, update_template, delete_template, list_versions,
-          select_template, render_template, preview_template]
+@post("/templates/{tenant_id:int}/{template_id:int}/check", operation_id="checkTemplate",
+      summary="Check a template against mail clients and a spam filter", tags=["templates"], status_code=200,
+      description="The current version built as a campaign sends it (a sample contact, the tenant's sender "
+                  "identity, the template's layout or `layout`), then checked as the library's own templates "
+                  "are: HTML and CSS against the caniemail data for Gmail, Outlook, Apple Mail and Yahoo (features "
+                  "the layout itself uses are covered by its named fallbacks), SpamAssassin's local rules (the "
+                  "limit is 2.0; the report comes back when it is reached), Gmail's 102 KB clipping, absolute "
+                  "links and documented variables. `error` findings fail the check. A tool that is not "
+                  "installed on this server gives a `not run` warning instead.")
+async def check_template(
+    tenant_id: TenantId, template_id: TemplateId, db: Db, caller: Caller,
+    layout: Annotated[Layout | None, QueryParameter(description="personal or branded; default: the template's")] = None,
+) -> TemplateCheck:
+    return await checks.check_template(db, caller.scope(tenant_id), template_id, layout=layout)
+
+
+ROUTES = [create_template, list_templates, list_library, get_template, update_template, delete_template, list_versions,
+          select_template, render_template, preview_template, check_template]

@@ -89,7 +89,8 @@ class AccountingFile(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def send_id(record: Record) -> int | None:
-    """The send row a record is about: ENVID, else the X-Envelope-Id header, else the VERP bounce address."""
+    """The send row a record is about: ENVID (MAIL FROM, or x-envid, which PowerMTA removes), else the
+    X-Envelope-Id header of messages sent before it moved to x-envid, else the VERP bounce address."""
     header = next((v for k, v in record.extra.items() if k.lower() == "header_x-envelope-id"), "")
     for candidate in (record.envid.strip(), header.strip()):
         if candidate.isdigit() and len(candidate) <= 18:

@@ -6,6 +6,8 @@ nothing here can ever point at a real host. Every insert is idempotent, so runni
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncpg
 import msgspec
 
@@ -20,11 +22,19 @@ class SeedTenant(msgspec.Struct, frozen=True, kw_only=True):
     timezone: str
     ip_block: str          # a /24 documentation range, first three octets
     mail_domain: str       # sending domains are <mail_domain>-NN.example
+    # the sender identity every layout shows (engine/identities.py); operators replace it with their own
+    sender_name: str
+    sender_address: str
+    sender_website: str
 
 
 TENANTS = (
-    SeedTenant(slug="sos-expat", name="SOS-Expat", timezone="Europe/Paris", ip_block="192.0.2", mail_domain="sos-expat-mail"),
-    SeedTenant(slug="ulixai", name="Ulixai", timezone="Europe/Paris", ip_block="198.51.100", mail_domain="ulixai-mail"),
+    SeedTenant(slug="sos-expat", name="SOS-Expat", timezone="Europe/Paris", ip_block="192.0.2", mail_domain="sos-expat-mail",
+               sender_name="Claire Martin", sender_address="12 rue de l'Exemple, 75001 Paris, France",
+               sender_website="https://sos-expat.example"),
+    SeedTenant(slug="ulixai", name="Ulixai", timezone="Europe/Paris", ip_block="198.51.100", mail_domain="ulixai-mail",
+               sender_name="Thomas Laurent", sender_address="8 avenue de l'Exemple, 69002 Lyon, France",
+               sender_website="https://ulixai.example"),
 )
 IPS_PER_TENANT = 50
 DOMAINS_PER_TENANT = 50
@@ -66,8 +76,10 @@ def ip_rows(tenant: SeedTenant) -> tuple[list[str], list[str], list[str], list[i
     return addresses, hostnames, vmtas, weights
 
 
-async def seed(db: asyncpg.Connection) -> list[int]:
-    """Create the seed's data if missing; return the tenant ids in seed order."""
+async def seed(db: asyncpg.Connection, library_root: Path | None = None) -> list[int]:
+    """Create the seed's data if missing; return the tenant ids in seed order.
+
+    `library_root` is the template library's directory (engine/starters/library by default)."""
     ids = []
     async with db.transaction():
         for tenant in TENANTS:
@@ -83,5 +95,7 @@ async def seed(db: asyncpg.Connection) -> list[int]:
             await db.execute(q("seed-domain-ips"), tenant_id)
             await db.execute(q("seed-mailwizz"), tenant_id, "MailWizz",
                              f"https://mailwizz.{tenant.mail_domain}.example/api")
-            await seed_starters(db, tenant_id)
+            await db.execute(q("identities-seed-tenant"), tenant_id, tenant.sender_name, tenant.name,
+                             tenant.sender_address, tenant.sender_website)
+            await seed_starters(db, tenant_id, tenant.slug, library_root)
     return ids

@@ -95,8 +95,32 @@ def _addresses(name: str, value: str) -> tuple[str, ...]:
     return found
 
 
+# Hosts for which a plain-http public URL is fine: links that only this machine follows, and the names RFC 6761
+# reserves for testing, which no real recipient can reach.
+LOCAL_HOSTS = frozenset({"localhost", "::1"})
+LOCAL_SUFFIXES = (".localhost", ".test")
+
+
+def is_local_url(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    return host in LOCAL_HOSTS or host.endswith(LOCAL_SUFFIXES) or host.startswith("127.")
+
+
+def public_url_warning(settings: Settings) -> str | None:
+    """What `up` says loudly when unsubscribe links are plain http (allowed for a local URL only)."""
+    if not settings.public_url.lower().startswith("http://"):
+        return None
+    return (f"WARNING: {PREFIX}PUBLIC_URL is {settings.public_url}: List-Unsubscribe links are plain http, which "
+            "RFC 8058 one-click unsubscribe does not allow; set an https:// public URL before sending real mail")
+
+
 def _url_base(name: str, value: str) -> str:
-    return _url(name, value, ("http", "https")).rstrip("/")
+    """The public base URL; http:// only for a local host: RFC 8058 one-click unsubscribe needs HTTPS."""
+    url = _url(name, value, ("http", "https")).rstrip("/")
+    if url.lower().startswith("http://") and not is_local_url(url):
+        raise SettingsError(f"{PREFIX}{name}: must be https:// (List-Unsubscribe links need HTTPS, RFC 8058); "
+                            f"http:// is accepted only for localhost, got {value!r}")
+    return url
 
 
 # variable -> (field, parser); the parsers raise SettingsError naming the variable.

@@ -7,6 +7,8 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import asyncpg
@@ -14,8 +16,10 @@ import msgspec
 
 from engine import spintax
 from engine.errors import Invalid, NotFound, TooLarge, Unprocessable
+from engine.identities import resolve_identity
 from engine.languages import LANGUAGES, normalise_language, template_language
-from engine.layout import compile_email, render_email
+from engine.layout import Layout, compile_email, render_email
+from engine.library import library_templates, load_library
 from engine.rendering import (
     CONTACT_FIELDS,
     DEFAULT_CACHE,
@@ -38,9 +42,10 @@ PAGE_MAX = 200
 # Rungs of the selection chain, in the seed's order; `matched` in answers is one of these.
 RUNGS = ("language+category", "language", "en+category", "en")
 
-# Names every render provides, so a template may use them without declaring them.
+# Names every render provides, so a template may use them without declaring them (the sender_* ones are the
+# sender identity, engine/identities.py).
 PROVIDED = frozenset({"unsubscribe_url", "unsubscribeUrl", "today", "custom", "template_language", "preheader",
-                      "brand", "sender_address"})
+                      "title", "brand", "sender_address", "sender_name", "sender_company", "sender_website"})
 CONTACT_NAMES = frozenset(n for pair in CONTACT_FIELDS for n in pair if n)
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, examples=["Cold - Avocat FR"])]
@@ -54,6 +59,17 @@ Variable = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 Variables = Annotated[list[Variable], msgspec.Meta(max_length=100, examples=[["firstName", "company", "website"]])]
 Language = Annotated[str, msgspec.Meta(min_length=2, max_length=35, examples=["fr"],
                                        description="one of fr en es de pt ru zh hi ar (fr-FR is read as fr)")]
+Preheader = Annotated[str, msgspec.Meta(max_length=500, examples=["Deux lignes sur votre cabinet"],
+                                        description="plain text shown after the subject in the inbox")]
+Title = Annotated[str, msgspec.Meta(max_length=500, description="plain text; null: the rendered subject")]
+
+
+class TemplateStep(StrEnum):
+    """A template's role in a sequence: the first message, or one of the two follow-ups."""
+
+    OPENING = "opening"
+    FOLLOW_UP_1 = "follow_up_1"
+    FOLLOW_UP_2 = "follow_up_2"
 
 
 class Template(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,6 +87,10 @@ class Template(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     created_at: dt.datetime
     updated_at: dt.datetime
+    layout: Layout = Layout.BRANDED
+    step: TemplateStep | None = None
+    preheader: str | None = None
+    title: str | None = None
 
 
 class SelectedTemplate(Template, frozen=True, kw_only=True):
@@ -88,6 +108,29 @@ class TemplateVersion(msgspec.Struct, frozen=True, kw_only=True):
     body_text: str | None
     variables: list[str]
     created_at: dt.datetime
+    layout: Layout = Layout.BRANDED
+    preheader: str | None = None
+    title: str | None = None
+
+
+class LibraryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A line of the library index: which template plays which step for a category and language."""
+
+    id: int
+    name: str
+    language: str
+    category: str | None
+    step: TemplateStep | None
+    layout: Layout
+    active: bool
+
+
+class LibraryGroup(msgspec.Struct, frozen=True, kw_only=True):
+    """One category's templates for one step role, in every language it has."""
+
+    category: str | None
+    step: TemplateStep | None
+    templates: list[LibraryEntry]
 
 
 class TemplatePage(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,6 +150,10 @@ class TemplateCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     body_text: Body | None = None
     variables: Variables | None = None
     active: bool = True
+    layout: Layout = Layout.PERSONAL
+    step: TemplateStep | None = None
+    preheader: Preheader | None = None
+    title: Title | None = None
 
 
 class TemplateUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -120,6 +167,10 @@ class TemplateUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     body_text: Body | None | msgspec.UnsetType = msgspec.UNSET
     variables: Variables | None | msgspec.UnsetType = msgspec.UNSET
     active: bool | msgspec.UnsetType = msgspec.UNSET
+    layout: Layout | msgspec.UnsetType = msgspec.UNSET
+    step: TemplateStep | None | msgspec.UnsetType = msgspec.UNSET
+    preheader: Preheader | None | msgspec.UnsetType = msgspec.UNSET
+    title: Title | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class RenderedTemplate(msgspec.Struct, frozen=True, kw_only=True):
@@ -178,6 +229,13 @@ def check_sources(subject: str, body_html: str, body_text: str | None, declared:
     return list(dict.fromkeys(declared))
 
 
+def clean_line(raw: str | None) -> str | None:
+    """A preheader or title: one line (breaks become spaces), trimmed; empty means none."""
+    if raw is None:
+        return None
+    return " ".join(raw.split()) or None
+
+
 def requested_language(raw: str | None) -> str:
     """`fr-FR` -> `fr`; a language outside the nine stays as asked, so only the English rungs can match it."""
     return normalise_language(raw) or "en"
@@ -198,7 +256,8 @@ async def create_template(db: asyncpg.Connection, data: TemplateCreate) -> Templ
     try:
         row = await db.fetchrow(q("templates-create"), data.tenant_id, data.name, language,
                                 clean_category(data.category), data.subject, data.body_html, data.body_text,
-                                variables, data.active)
+                                variables, data.active, data.layout, data.step, clean_line(data.preheader),
+                                clean_line(data.title))
     except asyncpg.ForeignKeyViolationError as exc:
         raise NotFound(f"tenant {data.tenant_id} not found", field="tenant_id") from exc
     return Template(**row)
@@ -206,16 +265,28 @@ async def create_template(db: asyncpg.Connection, data: TemplateCreate) -> Templ
 
 async def list_templates(db: asyncpg.Connection, tenant_id: int, *, language: str | None = None,
                          category: str | None = None, active: bool | None = None, cursor: str | None = None,
-                         limit: int = 50) -> TemplatePage:
+                         limit: int = 50, step: TemplateStep | None = None) -> TemplatePage:
     after = 0
     if cursor:
         if not cursor.isdigit() or len(cursor) > 19:
             raise Invalid("cursor: pass back the next_cursor of the previous page", field="cursor")
         after = int(cursor)
     lang = clean_language(language) if language else None
-    rows = await db.fetch(q("templates-list"), tenant_id, lang, clean_category(category), active, after, limit)
+    rows = await db.fetch(q("templates-list"), tenant_id, lang, clean_category(category), active, after, limit,
+                          step)
     items = [Template(**r) for r in rows]
     return TemplatePage(items=items, next_cursor=str(items[-1].id) if len(items) == limit else None)
+
+
+async def list_library(db: asyncpg.Connection, tenant_id: int, category: str | None = None) -> list[LibraryGroup]:
+    """The tenant's templates grouped by category, then step role; each group lists its languages."""
+    groups: list[LibraryGroup] = []
+    for row in await db.fetch(q("templates-library"), tenant_id, clean_category(category)):
+        entry = LibraryEntry(**row)
+        if not groups or (groups[-1].category, groups[-1].step) != (entry.category, entry.step):
+            groups.append(LibraryGroup(category=entry.category, step=entry.step, templates=[]))
+        groups[-1].templates.append(entry)
+    return groups
 
 
 async def get_template(db: asyncpg.Connection, tenant_id: int, template_id: int) -> Template:
@@ -235,13 +306,14 @@ async def update_template(db: asyncpg.Connection, tenant_id: int, template_id: i
     subject, body_html, body_text = pick("subject"), pick("body_html"), pick("body_text")
     declared = pick("variables")
     variables = check_sources(subject, body_html, body_text, declared)
-    content = (language, subject, body_html, body_text, variables)
+    layout, preheader, title = pick("layout"), clean_line(pick("preheader")), clean_line(pick("title"))
+    content = (language, subject, body_html, body_text, variables, layout, preheader, title)
     bumped = content != (current.language, current.subject, current.body_html, current.body_text,
-                         current.variables)
+                         current.variables, current.layout, current.preheader, current.title)
     version = current.version + 1 if bumped else current.version
     row = await db.fetchrow(q("templates-update"), tenant_id, template_id, pick("name"), language,
                             clean_category(pick("category")), subject, body_html, body_text, variables, version,
-                            pick("active"))
+                            pick("active"), layout, pick("step"), preheader, title)
     invalidate(template_id)
     return Template(**row)
 
@@ -281,12 +353,20 @@ async def select_template(db: asyncpg.Connection, tenant_id: int, language: str 
     return found, found.matched
 
 
-async def seed_starters(db: asyncpg.Connection, tenant_id: int) -> None:
-    """Load the starter library for a tenant; a starter already there by (name, language) is left alone."""
-    for s in starter_templates():
-        variables = list(s.variables) or sorted(template_variables(s.subject, s.body_html, s.body_text) - PROVIDED)
-        await db.execute(q("templates-seed-starter"), tenant_id, s.name, s.language, clean_category(s.category),
-                         s.subject, s.body_html, s.body_text, variables)
+async def seed_starters(db: asyncpg.Connection, tenant_id: int, tenant_slug: str | None = None,
+                        library_root: Path | None = None) -> int:
+    """Load the starters, and the tenant's library when it has one; a template already there by (name,
+    language) is left alone, so the seed is idempotent and keeps a tenant's edits. Returns how many were added."""
+    starters = starter_templates()
+    if tenant_slug is not None:
+        for file in load_library(library_root, tenant_slug):
+            starters.extend(library_templates(file))
+    rows = [{"name": s.name, "language": s.language, "category": clean_category(s.category), "subject": s.subject,
+             "body_html": s.body_html, "body_text": s.body_text,
+             "variables": list(s.variables) or sorted(template_variables(s.subject, s.body_html, s.body_text)
+                                                      - PROVIDED),
+             "layout": s.layout or Layout.BRANDED, "step": s.step, "preheader": s.preheader} for s in starters]
+    return await db.fetchval(q("templates-seed-starters"), tenant_id, rows)
 
 
 # --- rendering ---------------------------------------------------------------------------------------------
@@ -302,12 +382,14 @@ def cache_key(template: Template | TemplateVersion) -> tuple[int, int, int]:
     (tests); it is cheap because a str caches its hash, and the book hands out the same strings every time."""
     template_id = template.id if isinstance(template, Template) else template.template_id
     return template_id, template.version, hash((template.language, template.subject, template.body_html,
-                                                template.body_text))
+                                                template.body_text, template.layout, template.preheader,
+                                                template.title))
 
 
 def compiled_version(template: Template | TemplateVersion, cache: TemplateCache = DEFAULT_CACHE) -> CompiledTemplate:
     """The version compiled inside its language's layout, from the process cache."""
     return compile_email(template.subject, template.body_html, template.body_text, language=template.language,
+                         layout=template.layout, preheader=template.preheader, title=template.title,
                          cache_key=cache_key(template), cache=cache)
 
 
@@ -345,11 +427,13 @@ async def render_template(db: asyncpg.Connection, tenant_id: int, template_id: i
         # Other variables show as their own name in brackets, so the preview says where each one goes.
         used = set(template.variables) | template_variables(template.subject, template.body_html, template.body_text)
         contact = {n: f"[{n}]" for n in used - PROVIDED - CONTACT_NAMES} | SAMPLE_CONTACT
+        if "sender_name" in used:
+            contact = {"sender_name": "[sender_name]"} | contact  # under the tenant's identity, when it has one
     given = dict(variables or {})
     for snake, camel in CONTACT_FIELDS:  # `firstName` given explicitly beats the contact's `first_name`
         if camel and camel in given:
             given[snake] = given.pop(camel)
-    fields = contact | given
+    fields = contact | (await resolve_identity(db, tenant_id)).context() | given
     context = render_context(fields, contact.get("custom") or None, unsubscribe_url,
                              {k: v for k, v in fields.items() if k not in CONTACT_NAMES and k != "custom"})
     return render_compiled(template, context)
@@ -364,9 +448,12 @@ class TemplateBook:
     templates are cached by (id, version), so no process can render an old version from a fresh book.
     """
 
-    def __init__(self, tenant_id: int, templates: list[Template], cache: TemplateCache = DEFAULT_CACHE) -> None:
+    def __init__(self, tenant_id: int, templates: list[Template], cache: TemplateCache = DEFAULT_CACHE,
+                 sender: Mapping[str, str] | None = None) -> None:
         self.tenant_id = tenant_id
         self.cache = cache
+        # The sender identity (engine/identities.py) every message of this book shows, as template variables.
+        self.sender: dict[str, str] = dict(sender or {})
         self.by_id = {t.id: t for t in templates}
         # Rows come in id order, so a later template on the same (language, category) replaces an earlier one:
         # the newest wins, as in `templates-select`.
@@ -403,9 +490,12 @@ class TemplateBook:
         return compiled_version(template, self.cache)
 
 
-async def load_template_book(db: asyncpg.Connection | asyncpg.Pool, tenant_id: int) -> TemplateBook:
-    """One query for every live template of the tenant."""
-    return TemplateBook(tenant_id, [Template(**r) for r in await db.fetch(q("templates-book"), tenant_id)])
+async def load_template_book(db: asyncpg.Connection | asyncpg.Pool, tenant_id: int,
+                             campaign_id: int | None = None) -> TemplateBook:
+    """Every live template of the tenant, and the sender identity (the campaign's overrides over the tenant's)."""
+    rows = await db.fetch(q("templates-book"), tenant_id)
+    sender = await resolve_identity(db, tenant_id, campaign_id)
+    return TemplateBook(tenant_id, [Template(**r) for r in rows], sender=sender.context())
 
 
 # --- invalidation across processes -------------------------------------------------------------------------

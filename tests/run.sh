@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the suite needs (a virtualenv with the dev extra, Debian's chromium, prometheus,
-# Dovecot and Postfix's smtp-sink when missing), then runs pytest. Extra arguments go to pytest.
+# Dovecot, spamassassin, node and Postfix's smtp-sink when missing, the npm packages of tests/clients), then
+# runs pytest. Extra arguments go to pytest.
 #
 # With EMAIL_ENGINE_TEST_DATABASE_URL / EMAIL_ENGINE_TEST_REDIS_URL set, the suite uses those servers;
 # otherwise it starts embedded PostgreSQL and Redis itself.
@@ -11,4 +12,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q -e '.[dev]'
+if [ ! -d tests/clients/node_modules ]; then
+  npm ci --prefix tests/clients --no-audit --no-fund --silent
+fi
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -10,9 +10,11 @@ from engine.data_sources import DataSourceKind
 from engine.health import Scope as HealthScope
 from engine.imports import ImportStatus
 from engine.ips import IpStatus
+from engine.layout import Layout
 from engine.replies import ReplyKind
 from engine.sending.grants import QuotaScope
 from engine.suppression import SuppressionReason
+from engine.templates import TemplateStep
 from engine.tenants import TenantTransport
 
 PYTHON: dict[str, type[StrEnum]] = {
@@ -28,6 +30,8 @@ PYTHON: dict[str, type[StrEnum]] = {
     "send_status": SendStatus,
     "suppression_reason": SuppressionReason,
     "tenant_transport": TenantTransport,
+    "email_layout": Layout,
+    "template_step": TemplateStep,
 }
 
 

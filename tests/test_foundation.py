@@ -247,13 +247,15 @@ COUNTS = ["tenants", "ips", "domains", "tags", "data_sources", "mailwizz_instanc
 
 
 async def test_seed_is_complete_and_idempotent(db: asyncpg.Connection) -> None:
+    from engine.library import library_files
     from engine.seed import seed
 
     assert await seed(db) == [1, 2]
     first = {t: await db.fetchval(f"SELECT count(*) FROM {t}") for t in COUNTS}
     assert first["tenants"] == 2 and first["ips"] == 100 and first["domains"] == 100
     assert first["tags"] == 32 and first["data_sources"] == 8 and first["mailwizz_instances"] == 2
-    assert first["email_templates"] == 20  # per tenant: nine general starters + the seed's Cold - Avocat FR
+    # per tenant: nine general starters, the seed's Cold - Avocat FR, and 27 messages per library file
+    assert first["email_templates"] == 20 + 27 * len(library_files())
     assert await seed(db) == [1, 2]
     assert {t: await db.fetchval(f"SELECT count(*) FROM {t}") for t in COUNTS} == first
     addresses = [r["address"] for r in await db.fetch("SELECT host(address) AS address FROM ips")]

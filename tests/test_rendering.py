@@ -254,7 +254,10 @@ def test_layout_lang_dir_and_footer(lang):
     rtl = lang == "ar"
     assert f'<html lang="{lang}" dir="{"rtl" if rtl else "ltr"}">' in email.html
     assert ("text-align: right" in email.html) is rtl
-    assert "<link" not in email.html and "<script" not in email.html and "<style" not in email.html
+    assert "<link" not in email.html and "<script" not in email.html
+    # Every rule is inlined; the one <style> left holds the @media blocks (narrow screens, dark mode) alone.
+    styles = re.findall(r"<style>(.*?)</style>", email.html, re.S)
+    assert len(styles) == 1 and re.fullmatch(r"\s*(@media[^{]*\{(\s*[^{}]*\{[^{}]*\})*\s*\}\s*)+", styles[0])
     assert 'width="600"' in email.html and "max-width: 600px" in email.html
     assert 'href="https://unsubscribe.example/u/abc?t=1&amp;s=2"' in email.html
     assert "1 rue de l&#39;Exemple, 75001 Paris" in email.html and "Example SAS" in email.html
@@ -315,14 +318,16 @@ def test_starters_cover_nine_languages_and_render():
     assert set(general) == LANGUAGES
     seed = [s for s in starters if s.name == "Cold - Avocat FR"]
     assert len(seed) == 1 and seed[0].language == "fr" and seed[0].category == "avocat"
-    # The seed's copy, reworded: the company's name stands alone (not "Votre cabinet {company}") and it signs off.
-    assert "cabinet {{ company }}" not in seed[0].body_html and "{{ company }}" in seed[0].body_html
-    assert seed[0].body_html.endswith("<p>Bien cordialement,<br>{{ sender_name|default(\"L’équipe SOS-Expat\") }}</p>")
+    # The seed's copy read "Votre cabinet Cabinet Durand…" and had no closing: the starter's copy is fixed.
+    assert seed[0].subject == SEED_SUBJECT and "Votre cabinet {company}" not in seed[0].body_html
+    assert seed[0].body_html.endswith("<p>Bien cordialement,<br>{{ sender_name }}<br>{{ sender_company }}</p>")
     for starter in starters:
         assert check_template(starter.subject, starter.body_html, starter.body_text) == []
         assert template_variables(starter.subject, starter.body_html) <= set(starter.variables)
         email = build_email(starter.subject, starter.body_html, starter.body_text,
                             render_context({"first_name": "Amal", "company": "Nour Conseil"}),
-                            language=starter.language, unsubscribe_url=UNSUB)
+                            language=starter.language, unsubscribe_url=UNSUB,
+                            sender={"sender_name": "Claire Martin", "sender_company": "SOS-Expat"})
         assert "Amal" in email.html and "Nour Conseil" in email.html
         assert "Amal" in email.text and "{" not in email.text and "{" not in email.subject
+        assert "Claire Martin" in email.text  # every starter signs off with the sender's name

@@ -26,7 +26,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 # Runs in the page after layout: where the first paragraph's text lines sit inside the content cell.
 PROBE = """<script>
 (function () {
-  var cell = document.querySelector('td[dir]');
+  var cell = document.querySelector('td.content');
   var para = cell.querySelector('p');
   var range = document.createRange();
   range.selectNodeContents(para);

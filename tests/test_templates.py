@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from engine import templates
 from engine.languages import LANGUAGES
+from engine.library import load_library
 from engine.rendering import MAX_BODY_BYTES, TemplateCache
 from engine.templates import TemplateBook, TemplateCreate, load_template_book
 from tests.conftest import tenant_key
@@ -45,6 +46,11 @@ async def create(client, headers, **changes) -> dict:
 async def clear_tenant(db, tenant_id: int) -> None:
     """Start a fallback test from no templates at all (the seed loads the starters)."""
     await db.execute("UPDATE email_templates SET active = false WHERE tenant_id = $1", tenant_id)
+
+
+async def starters_only(db) -> None:
+    """Leave the seed's ten starters alone in tenant 1's list (the library's messages set aside)."""
+    await db.execute("UPDATE email_templates SET deleted_at = now() WHERE step IS NOT NULL")
 
 
 async def select(client, headers, language, category=None):
@@ -147,7 +153,8 @@ async def test_nothing_matches_is_404_saying_what(client, admin, seeded, db) -> 
 
 async def test_template_book_overrides_and_compiled(seeded, db) -> None:
     book = await load_template_book(db, 1)
-    assert len(book) == 10
+    # the ten starters and the library's 27 messages per category file of SOS-Expat
+    assert len(book) == 10 + 27 * len(load_library(tenant="sos-expat"))
     ar = book.choose("ar-EG", None)
     assert ar is not None and ar.language == "ar"
     avocat = book.choose("fr", "avocat")
@@ -195,7 +202,7 @@ async def test_update_invalidates_the_cache_in_other_processes(redis_url, namesp
     book = TemplateBook(1, list((await load_template_book(db, 1)).by_id.values()), cache=cache)
     tpl = book.choose("fr", "avocat")
     book.compiled(tpl)
-    key = (templates.cache_key(tpl), ("email", "fr"))
+    key = (templates.cache_key(tpl), ("email", "fr", tpl.layout))
     assert cache.lookup(key) is not None
     listener_client, publisher = Redis.from_url(redis_url), Redis.from_url(redis_url)
     ready = asyncio.Event()
@@ -292,11 +299,13 @@ async def test_tenant_isolation(client, admin, seeded, db) -> None:
     r = await client.post("/api/v2/templates/select", headers=own, json={"tenant_id": 2, "language": "fr"})
     assert r.status_code == 404
     assert (await client.get(f"/api/v2/templates/2/{other['id']}", headers=admin)).json()["name"] == other["name"]
+    await starters_only(db)
     page = (await client.get("/api/v2/templates/1?limit=200", headers=own)).json()
     assert other["id"] not in {t["id"] for t in page["items"]} and len(page["items"]) == 10
 
 
-async def test_list_filters_pages_and_delete(client, admin, seeded) -> None:
+async def test_list_filters_pages_and_delete(client, admin, seeded, db) -> None:
+    await starters_only(db)
     r = await client.get("/api/v2/templates/1?limit=4", headers=admin)
     first = r.json()
     assert len(first["items"]) == 4 and first["next_cursor"] == str(first["items"][-1]["id"])
@@ -321,7 +330,8 @@ async def test_preview_is_an_html_page_with_lang_and_dir(client, admin, seeded, 
     r = await client.get(f"/api/v2/templates/1/{ar}/preview", headers=admin)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert '<html lang="ar" dir="rtl">' in r.text and "Camille" in r.text
-    assert "http://engine.test/u/preview" in r.text and "[sender_name]" in r.text
+    # The tenant's sender identity signs and fills the footer, as in a campaign.
+    assert "http://engine.test/u/preview" in r.text and "Claire Martin" in r.text and "12 rue de l" in r.text
     assert "default-src 'none'" in r.headers["content-security-policy"]
     fr = await create(client, admin)
     r = await client.get(f"/api/v2/templates/1/{fr['id']}/preview", headers=admin)
@@ -334,21 +344,27 @@ async def test_seed_loads_starters_for_both_tenants(db) -> None:
     await seed(db)
     await seed(db)
     for tenant_id in (1, 2):
-        rows = await db.fetch("SELECT name, language, category, version FROM email_templates WHERE tenant_id = $1",
-                              tenant_id)
+        rows = await db.fetch("SELECT name, language, category, version FROM email_templates WHERE tenant_id = $1"
+                              " AND step IS NULL", tenant_id)
         assert len(rows) == 10
+        library = 27 * len(load_library(tenant=("sos-expat", "ulixai")[tenant_id - 1]))
+        assert await db.fetchval("SELECT count(*) FROM email_templates WHERE tenant_id = $1 AND step IS NOT NULL",
+                                 tenant_id) == library
         assert {r["language"] for r in rows if r["category"] is None} == LANGUAGES
         assert [(r["name"], r["language"]) for r in rows if r["category"]] == [("Cold - Avocat FR", "fr")]
         assert all(r["version"] == 1 for r in rows)
-    assert await db.fetchval("SELECT count(*) FROM email_template_versions") == 20
+    assert await db.fetchval("SELECT count(*) FROM email_template_versions") == 20 + 27 * len(load_library())
 
 
 async def test_every_starter_renders_for_a_contact(seeded, db) -> None:
+    await starters_only(db)   # the library's messages have their own checks (tests/test_library*.py)
     book = await load_template_book(db, 1)
+    assert book.sender["sender_name"] == "Claire Martin"  # the seed's identity, which every message carries
     for tpl in book.by_id.values():
         out = templates.render_compiled(tpl, templates.render_context(
-            {"first_name": "Zoé", "company": "Z & Co"}, None, "https://engine.test/u/t"))
+            {"first_name": "Zoé", "company": "Z & Co"}, None, "https://engine.test/u/t", book.sender))
         assert "Zoé" in out.subject + out.html and out.text.rstrip().endswith("https://engine.test/u/t")
+        assert "Claire Martin" in out.text
 
 
 def test_create_payload_decodes_the_seed_curl() -> None:

@@ -153,7 +153,7 @@ class Wave(msgspec.Struct, frozen=True, kw_only=True):
 def render_for_mailwizz(book: TemplateBook, template: Template) -> RenderedEmail:
     """The template rendered once with MailWizz tags for contact fields; other variables default or empty."""
     compiled = book.compiled(template)
-    context: dict[str, Any] = {**MERGE_TAGS, "today": dt.date.today()}
+    context: dict[str, Any] = {**book.sender, **MERGE_TAGS, "today": dt.date.today()}
     for _ in range(len(compiled.variables) + 1):
         try:
             return render_email(compiled, context)
@@ -215,7 +215,7 @@ async def _send(pool: asyncpg.Pool, client: MailWizzClient, camp: Campaign, expe
         await _give_up(pool, camp, wave, WaveStatus.IN_DOUBT, "interrupted while MailWizz was creating the "
                        "campaign; not repeated so nobody is mailed twice (check MailWizz)")
     if inside:
-        book = await load_template_book(pool, camp.tenant_id)
+        book = await load_template_book(pool, camp.tenant_id, camp.id)
         await _assign(pool, camp, book, tenant, today_in_timezone(state["timezone"], now), expedite)
         for wave in await _waves(pool, camp.id, (WaveStatus.PENDING,)):
             await _launch(pool, client, camp, book, tenant, wave)

@@ -95,6 +95,7 @@ class Prepared(msgspec.Struct, kw_only=True):
     compiled: CompiledTemplate
     token: str
     provider: str
+    sender: dict[str, str]               # the sender identity every message shows (the book's)
     plan: steps.RowPlan | None = None    # the row's step, variant and thread (a campaign with a sequence)
 
     def item(self) -> Item:
@@ -195,7 +196,7 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
         if camp.wait_reason is not None:
             await campaigns.set_wait_reason(ctx.pool, campaign_id, None)
         # A fresh book per batch: a template edited mid-campaign is used from the next batch on.
-        book = await load_template_book(ctx.pool, camp.tenant_id)
+        book = await load_template_book(ctx.pool, camp.tenant_id, camp.id)
         rows = await sends.claim(ctx.pool, campaign_id, ctx.worker_id, int(min(ctx.tuning.batch, room)), now=now)
         if not rows:
             complete = steps.complete_if_done if seq is not None and len(seq.steps) > 1 else campaigns.complete_if_done
@@ -298,7 +299,8 @@ def _prepare(ctx: Context, campaign: Campaign, book: TemplateBook, row: sends.Cl
     token = unsubscribe.make_token(ctx.secret_key, tenant_id=campaign.tenant_id, email=row.email,
                                    contact_id=row.contact_id, campaign_id=campaign.id, language=template.language)
     return Prepared(row=row, template=template, compiled=book.compiled(template), token=token,
-                    provider=provider_for_mx(row.mx_host), plan=plan)
+                    provider=provider_for_mx(row.mx_host), plan=plan,
+                    sender=book.sender)
 
 
 def _render(ctx: Context, p: Prepared, seq: sequences.Sequence | None = None,
@@ -307,7 +309,8 @@ def _render(ctx: Context, p: Prepared, seq: sequences.Sequence | None = None,
     contact = {"email": row.email, "first_name": row.first_name, "last_name": row.last_name,
                "company": row.company, "website": row.website, "country": row.country,
                "language": row.language, "category": row.category}
-    context = render_context(contact, row.custom, unsubscribe.unsubscribe_url(ctx.public_url, p.token))
+    context = render_context(contact, row.custom, unsubscribe.unsubscribe_url(ctx.public_url, p.token),
+                             p.sender)
     rendered = render_email(p.compiled, context)
     if seq is None or p.plan is None:
         return rendered

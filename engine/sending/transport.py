@@ -35,7 +35,7 @@ class SendResult(msgspec.Struct, frozen=True, kw_only=True):
 class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):
     """A fully built message ready for injection."""
 
-    envelope_id: str              # the send row, echoed as ENVID / X-Envelope-Id
+    envelope_id: str              # the send row, echoed as ENVID / x-envid
     mail_from: str                # the envelope sender (bounce address)
     rcpt_to: str
     data: bytes                   # the RFC 5322 message, CRLF line endings

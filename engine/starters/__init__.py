@@ -18,6 +18,10 @@ class StarterTemplate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     body_html: str
     body_text: str | None = None
     variables: tuple[str, ...] = ()
+    # layout None: the branded shell the general starters were written for
+    layout: str | None = None
+    step: str | None = None
+    preheader: str | None = None
 
 
 @lru_cache(maxsize=1)
