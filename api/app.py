@@ -38,7 +38,8 @@ from api import (
     warmup,
 )
 from api.auth import PUBLIC_PATHS, BearerAuth, principal
-from api.errors import HANDLERS
+from api.errors import HANDLERS, document_errors
+from api.inputs import refuse_hostile_input
 from engine import db as dbm
 from engine.settings import Settings
 
@@ -94,7 +95,7 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
 
     # Only /api/v2 asks for a key; /health, /ready and the unsubscribe pages are public.
     api = Router(path="/api/v2", route_handlers=[*controllers(), *extra_routes], security=[{"bearer": []}])
-    return Litestar(
+    app = Litestar(
         route_handlers=[health.health, health.ready, *unsubscribe.ROUTES, api],
         lifespan=[lifespan],
         state=State({"settings": settings, "admin_key": admin_key, "secret_key": secret_key}),
@@ -106,6 +107,7 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
         },
         middleware=[DefineMiddleware(BearerAuth, exclude=[f"^{p}" for p in PUBLIC_PATHS])],
         exception_handlers=HANDLERS,
+        before_request=refuse_hostile_input,
         # The process (email-engine's CLI, or the host application) owns the root logger and its format.
         logging_config=LoggingConfig(configure_root_logger=False),
         request_max_body_size=MAX_BODY,
@@ -122,3 +124,5 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
         ),
         debug=debug,
     )
+    document_errors(app)
+    return app
