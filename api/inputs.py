@@ -46,8 +46,10 @@ def refuse_value(value: Any, where: str) -> None:
             raise Invalid(f"{where or 'body'}: integer out of range (at most {INT64_MAX})", field=where or "body")
     elif isinstance(value, dict):
         for key, item in value.items():
-            refuse_value(key, path_of(where, str(key)))
-            refuse_value(item, path_of(where, str(key)))
+            if CONTROL.search(key):  # named by its parent: the key itself is not echoed back
+                raise Invalid(f"{where or 'body'}: control characters (such as NUL) are not allowed in keys",
+                              field=where or "body")
+            refuse_value(item, path_of(where, key))
     elif isinstance(value, list):
         for i, item in enumerate(value):
             refuse_value(item, path_of(where, i))
