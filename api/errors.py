@@ -144,6 +144,16 @@ def data_error(request: Request, exc: asyncpg.DataError) -> Response:
     return _body(400, detail, field)
 
 
+def recursion_error(request: Request, exc: RecursionError) -> Response:
+    """JSON nested deeper than the decoder follows is the client's 400; a recursion of ours stays a 500."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith(("litestar.serialization", "msgspec")):
+            return _body(400, "body: JSON nested too deeply", "body")
+        tb = tb.tb_next
+    return unexpected_error(request, exc)
+
+
 def unexpected_error(request: Request, exc: Exception) -> Response:
     """A store that cannot be reached is a 503 to retry; anything else: log everything, say little."""
     store = unavailable_store(exc)
@@ -162,6 +172,7 @@ HANDLERS = {
     msgspec.ValidationError: msgspec_error,
     asyncpg.IntegrityConstraintViolationError: integrity_error,
     asyncpg.DataError: data_error,
+    RecursionError: recursion_error,
     HTTPException: http_error,
     Exception: unexpected_error,
 }

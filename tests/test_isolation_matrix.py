@@ -20,7 +20,7 @@ import schemathesis
 from hypothesis.errors import NonInteractiveExampleWarning
 from schemathesis.generation import GenerationMode
 
-from tests.live_api import serve, tenant_key
+from tests.live_api import example_of, serve, tenant_key
 
 A, B = 1, 2
 
@@ -79,22 +79,6 @@ def resolve(name: str, ids: dict, texts: dict[str, str]) -> object | None:
         return ids["tenant"]
     table = table_for(noun, ids["_tables"])
     return ids.get(table) if table else None
-
-
-def example_of(schema: dict, components: dict) -> object:
-    """A value for a JSON schema from its documented examples: required properties only, nested ones too."""
-    if "$ref" in schema:
-        return example_of(components[schema["$ref"].rsplit("/", 1)[1]], components)
-    if schema.get("type") == "object" and "properties" in schema:
-        return {name: example_of(prop, components) for name, prop in schema["properties"].items()
-                if name in schema.get("required", ())}
-    if schema.get("examples"):
-        return schema["examples"][0]
-    if "default" in schema:
-        return schema["default"]
-    for option in schema.get("oneOf", schema.get("anyOf", ())):
-        return example_of(option, components)
-    return {"string": "x", "integer": 1, "number": 1, "boolean": False, "array": []}.get(schema.get("type"), {})
 
 
 def cases(base: str, ids: dict, texts: dict[str, str]) -> tuple[list, list[str]]:
