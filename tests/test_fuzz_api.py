@@ -27,9 +27,9 @@ from schemathesis.specs.openapi.checks import (
 from tests.conftest import ADMIN_KEY
 from tests.live_api import serve, tenant_key
 
-# Examples per operation, per generation mode and per key: 81 operations x 2 modes x 2 keys x 20 stay within
+# Examples per operation, per generation mode and per key: 81 operations x 2 modes x 2 keys x 12 stay within
 # about two minutes on two loaded cores. EMAIL_ENGINE_FUZZ_EXAMPLES raises it for a longer hunt.
-EXAMPLES = int(os.environ.get("EMAIL_ENGINE_FUZZ_EXAMPLES", "20"))
+EXAMPLES = int(os.environ.get("EMAIL_ENGINE_FUZZ_EXAMPLES", "12"))
 SEED = 18
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # Answers the document cannot describe, each with why. Litestar documents one media type per status code.
