@@ -66,7 +66,8 @@ async def test_sigkill_mid_campaign_loses_nothing(client, admin, seeded, db: asy
     assert 0 < killed_at < CONTACTS
     assert not missing, f"{len(missing)} contacts never received the campaign"
     assert duplicates <= in_flight, (duplicates, in_flight)
-    # The bound: rows are marked in flight one chunk at a time (dispatch.Tuning.chunk, 64 by default).
-    assert in_flight <= 64
+    # The bound: the chunk on the wire and the next one, marked while it is (dispatch.Tuning.chunk, 64 by
+    # default): at most two chunks are ambiguous after a crash.
+    assert in_flight <= 2 * 64
     assert stats["recovered_in_flight"] == in_flight
     assert stats["by_status"]["injected"] == CONTACTS
