@@ -21,6 +21,8 @@ NOW = dt.datetime(2026, 11, 2, 12, 0, tzinfo=dt.UTC)
     # Accounting records often carry the enhanced status alone (dsnStatus, no 3-digit code)
     ({"enhanced": "5.1.1"}, BounceClass.HARD, "bad-mailbox"),
     ({"enhanced": "4.2.2"}, BounceClass.SOFT, "quota-issues"),
+    # ...and then its class digit stands for the missing code, so a 5xx wording still reads as one
+    ({"enhanced": "5.0.0", "text": "user unknown"}, BounceClass.HARD, "bad-mailbox"),
     # A 5xx wording without an enhanced code: every 5xx, 500 as much as 599
     ({"code": 500, "text": "user unknown"}, BounceClass.HARD, "bad-mailbox"),
     ({"code": 599, "text": "no such mailbox"}, BounceClass.HARD, "bad-mailbox"),

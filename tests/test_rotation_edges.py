@@ -2,7 +2,8 @@
 
 Every token a pick takes is heard by `on_grant` (the caller writes it to the quota ledger, which a lost Redis
 counter is rebuilt from: a grant not heard is a quota overrun after a Redis loss); an IP with a quota of one
-sends once; IPs without a quota make the campaign wait for good, saying why.
+sends once; IPs without a quota make the campaign wait for good, saying why; one message per call still
+rotates by weight (the round-robin position outlives the call).
 """
 
 from __future__ import annotations
@@ -64,3 +65,14 @@ async def test_ips_without_a_quota_wait_for_good_saying_why(redis_and_ns):
     for candidates in ([], [ip(1, 0), ip(2, 0)], [ip(3, 10, weight=0)]):
         assert await rotator.pick(redis, 1, candidates, 3, day=DAY, day_ends_in=60) == \
             Wait(seconds=math.inf, reason="no IP is warming or active with a quota")
+
+
+async def test_one_pick_per_call_still_rotates_by_weight(redis_and_ns):
+    redis, ns = redis_and_ns
+    rotator = Rotator(ns, nothing_sent)
+    candidates = [ip(1, 1000, 1), ip(2, 1000, 1), ip(3, 1000, 2)]
+    picked = Counter()
+    for _ in range(40):
+        [one] = await rotator.pick(redis, 1, candidates, 1, day=DAY)
+        picked[one.ip_id] += 1
+    assert picked == Counter({1: 10, 2: 10, 3: 20})  # the position is kept between calls, per tenant
