@@ -67,3 +67,10 @@ def test_apply_writes_the_decision_into_the_history() -> None:
     assert after.history == (HistoryEntry(on=TODAY, action=Action.ADVANCE, from_day=1, to_day=2, quota=200,
                                           reason=decision.reason),)
     assert (after.day, after.last_advanced_on, after.phase) == (2, TODAY, "warming")
+
+
+def test_the_day_ends_at_the_tenants_midnight_not_the_servers() -> None:
+    # 23:30 in Paris is 22:30 UTC: the tenant's day ends in half an hour, the server's in an hour and a half;
+    # just after UTC midnight it is already the next day in Paris, whose midnight is 23 hours away.
+    assert warmup.seconds_until_tomorrow("Europe/Paris", dt.datetime(2026, 11, 2, 22, 30, tzinfo=dt.UTC)) == 1800
+    assert warmup.seconds_until_tomorrow("Europe/Paris", dt.datetime(2026, 11, 2, 23, 30, tzinfo=dt.UTC)) == 23.5 * 3600
