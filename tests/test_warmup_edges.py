@@ -71,6 +71,6 @@ def test_apply_writes_the_decision_into_the_history() -> None:
 
 def test_the_day_ends_at_the_tenants_midnight_not_the_servers() -> None:
     # 23:30 in Paris is 22:30 UTC: the tenant's day ends in half an hour, the server's in an hour and a half;
-    # just after UTC midnight it is already the next day in Paris, whose midnight is 23 hours away.
+    # at 23:30 UTC it is already the next day in Paris, whose own midnight is 23.5 hours away.
     assert warmup.seconds_until_tomorrow("Europe/Paris", dt.datetime(2026, 11, 2, 22, 30, tzinfo=dt.UTC)) == 1800
     assert warmup.seconds_until_tomorrow("Europe/Paris", dt.datetime(2026, 11, 2, 23, 30, tzinfo=dt.UTC)) == 23.5 * 3600
