@@ -47,7 +47,8 @@ from api import (
 )
 from api.auth import PUBLIC_PATHS, BearerAuth, principal
 from api.dashboard import ROUTER as DASHBOARD
-from api.errors import HANDLERS
+from api.errors import HANDLERS, document_errors
+from api.inputs import refuse_hostile_input
 from api.request_ids import request_id_middleware
 from engine import db as dbm
 from engine.settings import Settings
@@ -110,7 +111,7 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
 
     # Only /api/v2 asks for a key; /health, /ready and the unsubscribe pages are public.
     api = Router(path="/api/v2", route_handlers=[*controllers(), *extra_routes], security=[{"bearer": []}])
-    return Litestar(
+    app = Litestar(
         route_handlers=[health.health, health.ready, *metrics.ROUTES, *unsubscribe.ROUTES, api, DASHBOARD],
         lifespan=[lifespan],
         state=State({"settings": settings, "admin_key": admin_key, "secret_key": secret_key}),
@@ -123,6 +124,7 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
         middleware=[request_id_middleware, DefineMiddleware(BearerAuth, exclude=[f"^{p}" for p in PUBLIC_PATHS]),
                     audit.AuditMiddleware()],
         exception_handlers=HANDLERS,
+        before_request=refuse_hostile_input,
         # The process (email-engine's CLI, or the host application) owns the root logger and its format.
         logging_config=LoggingConfig(configure_root_logger=False),
         request_max_body_size=MAX_BODY,
@@ -139,3 +141,5 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
         ),
         debug=debug,
     )
+    document_errors(app)
+    return app

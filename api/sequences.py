@@ -28,11 +28,11 @@ EXAMPLE = {"steps": [{"templates": {"fr": 12, "en": 13}, "variants": [{"name": "
 
 class Holiday(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     day: dt.date
-    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    name: Annotated[str, msgspec.Meta(max_length=200, examples=["Noël"])] = ""
 
 
 class Holidays(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    holidays: Annotated[list[Holiday], msgspec.Meta(max_length=1000)]
+    holidays: Annotated[list[Holiday], msgspec.Meta(max_length=1000, examples=[[{"day": "2026-12-25", "name": "Noël"}]])]
 
 
 class SpintaxText(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

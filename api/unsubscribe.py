@@ -54,6 +54,9 @@ PAGE_TEXT: dict[str, dict[str, str]] = {
            "done": "لن يتلقى العنوان {email} رسائلنا بعد الآن."},
 }
 Token = Annotated[str, PathParameter(description="the signed token from the message's unsubscribe link")]
+# The page a token that is not ours gets (for people, not JSON).
+INVALID_PAGE = {404: ResponseSpec(str, media_type=MediaType.HTML, description="a token that is not ours",
+                                  generate_examples=False)}
 INVALID_TEXT = "This unsubscribe link is not valid. / Ce lien de désinscription n'est pas valide."
 
 # The token sits in the URL: keep it out of caches, referrers and search indexes; the page runs no script.
@@ -110,7 +113,8 @@ def _invalid() -> Response:
      tags=["unsubscribe"],
      description="Public; the signed token is the credential. Shows a page in the contact's language with a "
                  "button that POSTs back here. Never unsubscribes by itself (link scanners follow GETs). "
-                 "404 for a token that is not ours.")
+                 "404 for a token that is not ours.",
+     responses=INVALID_PAGE)
 async def unsubscribe_page(token: Token, state: State) -> Response:
     read = read_token(state.secret_key, token)
     return _invalid() if read is None else _html(confirmation_page(token, read))
@@ -132,7 +136,8 @@ async def unsubscribe_page_head(token: Token, state: State) -> Response[None]:
                   "reason `unsubscribe` (idempotent). Mailbox providers POST `List-Unsubscribe=One-Click` "
                   "(application/x-www-form-urlencoded) and get a plain 200; the confirmation page's button "
                   "posts an empty form and gets a page saying it is done. 404 for a token that is not ours, "
-                  "with nothing written.")
+                  "with nothing written.",
+      responses=INVALID_PAGE)
 async def unsubscribe(token: Token, request: Request, state: State, redis: RedisClient, settings: Config) -> Response:
     read = read_token(state.secret_key, token)
     if read is None:

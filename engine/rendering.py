@@ -164,7 +164,25 @@ def _ast_problems(field: str, tree: nodes.Template) -> list[TemplateRejected]:
             refuse(f"filter {node.name!r} is not allowed")
         elif isinstance(node, nodes.Test) and node.name not in ENVIRONMENT.tests:
             refuse(f"unknown test {node.name!r}")
+    if macro := _recursive_macro(tree):
+        refuse(f"macro {macro!r} calls itself (directly or through another): it would never end")
     return found
+
+
+def _recursive_macro(tree: nodes.Template) -> str | None:
+    """The name of a macro on a cycle of macro calls, or None."""
+    calls = {m.name: {c.node.name for c in m.find_all(nodes.Call) if isinstance(c.node, nodes.Name)}
+             for m in tree.find_all(nodes.Macro)}
+    for name in calls:
+        pending, seen = list(calls[name]), set()
+        while pending:
+            callee = pending.pop()
+            if callee == name:
+                return name
+            if callee not in seen:
+                seen.add(callee)
+                pending.extend(calls.get(callee, ()))
+    return None
 
 
 def _source_problems(field: str, source: str) -> list[TemplateRejected]:
@@ -286,6 +304,8 @@ def render_parts(compiled: CompiledTemplate, context: Mapping[str, Any]) -> tupl
         raise MissingVariable(str(exc)) from None
     except SecurityError as exc:
         raise TemplateRejected(field, f"unsafe operation: {exc}") from None
+    except RecursionError:
+        raise TemplateRejected(field, "nests too deeply to render") from None
     if "\r" in subject or "\n" in subject:
         subject = _LINE_BREAKS.sub(" ", subject)  # a value with a line break must not start a new header
     return subject, html, text

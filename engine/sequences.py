@@ -96,7 +96,8 @@ class RecipientWindow(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 class SequenceDraft(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The body of PUT /campaigns/{tenant}/{id}/sequence."""
 
-    steps: Annotated[list[Step], msgspec.Meta(min_length=1, max_length=MAX_STEPS)]
+    steps: Annotated[list[Step], msgspec.Meta(min_length=1, max_length=MAX_STEPS, examples=[
+        [{}, {"delay": {"business_days": 2}, "thread": True}]])]
     stop_on: StopRules = StopRules()
     recipient_window: RecipientWindow | None = None
     # after this many sends of every variant of a step, new contacts get the variant with the best reply rate

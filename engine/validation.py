@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import unicodedata
 from collections.abc import Iterable
 from typing import Literal
 
@@ -100,6 +101,8 @@ def normalise_email(raw: str) -> str | None:
     # The local part is case-sensitive in RFC 5321, but no mailbox provider treats it so; lowering it
     # is cold-email practice and makes "John@x" and "john@x" one contact.
     local = local.lower()
+    if not local.isascii():
+        local = unicodedata.normalize("NFC", local)  # RFC 6532 §3.1: one spelling of each accented letter
     ascii_domain = _ascii_domain(domain.rstrip("."))
     return None if ascii_domain is None else f"{local}@{ascii_domain}"
 
@@ -113,6 +116,25 @@ def _ascii_domain(domain: str) -> str | None:
         return None
 
 
+# Letters of these scripts look alike ("о" is Cyrillic in "jоhn"): a local part mixing them is a spoof's shape.
+_CONFUSABLE_SCRIPTS = frozenset({"LATIN", "CYRILLIC", "GREEK"})
+
+
+def _look_alike(local: str) -> bool:
+    """True when a non-ASCII local part hides characters (format, control, private use, unassigned) or mixes
+    Latin, Cyrillic and Greek letters. Domains need no such check: UTS 46 drops invisible characters and a
+    mixed-script domain becomes its own punycode name."""
+    scripts = set()
+    for ch in local:
+        if unicodedata.category(ch) in ("Cf", "Cc", "Co", "Cn", "Zs", "Zl", "Zp"):
+            return True
+        if ch.isalpha():
+            script = unicodedata.name(ch, "").split(" ", 1)[0]
+            if script in _CONFUSABLE_SCRIPTS:
+                scripts.add(script)
+    return len(scripts) > 1
+
+
 def check_syntax(email: str) -> str | None:
     """The hard reason a normalised address is unusable (syntax | too_long | quoted_local), or None."""
     local, _, domain = email.rpartition("@")
@@ -122,6 +144,8 @@ def check_syntax(email: str) -> str | None:
         return "too_long"
     if not _LOCAL.match(local):
         return "syntax"  # an empty atom = a leading, trailing or doubled dot
+    if not local.isascii() and _look_alike(local):
+        return "syntax"
     if "." not in domain or domain.rpartition(".")[2].isdigit():
         return "syntax"  # dotless domains and numeric TLDs (RFC 3696 §2) take no mail
     if not _DOMAIN.match(domain):

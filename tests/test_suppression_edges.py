@@ -1,0 +1,26 @@
+"""Suppression and unsubscribe headers at their edges: what mutation testing (mutation/run.sh) showed the
+other tests let change. An erased contact stays erased whatever is suppressed later; a mailto given with
+or without its scheme makes one valid List-Unsubscribe URI.
+"""
+
+from __future__ import annotations
+
+from engine.unsubscribe import list_unsubscribe_headers
+
+
+async def test_a_suppression_never_rewrites_an_erased_contact(client, admin, seeded, db):
+    r = await client.post("/api/v2/contacts/ingest", headers=admin,
+                          json={"contacts": [{"tenant_id": 1, "email": "gone@example.com"}]})
+    contact_id = r.json()["results"][0]["id"]
+    assert (await client.delete(f"/api/v2/contacts/1/{contact_id}", headers=admin)).status_code in (200, 204)
+    r = await client.post("/api/v2/suppressions", headers=admin, json={
+        "tenant_id": 1, "emails": ["gone@example.com"], "reason": "complaint", "source": "fbl"})
+    assert r.status_code < 300, r.text
+    assert await db.fetchval("SELECT status::text FROM contacts WHERE id = $1", contact_id) == "erased"
+
+
+def test_a_mailto_with_or_without_its_scheme_is_one_uri() -> None:
+    for mailto in ("unsubscribe@sos-expat.example", "mailto:unsubscribe@sos-expat.example"):
+        headers = list_unsubscribe_headers("https://engine.example/", "tok", mailto)
+        assert headers["List-Unsubscribe"] == \
+            "<https://engine.example/u/tok>, <mailto:unsubscribe@sos-expat.example>"
