@@ -142,4 +142,5 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
         debug=debug,
     )
     document_errors(app)
+    document_errors(app, prefix="/metrics")
     return app

@@ -10,6 +10,10 @@ from engine import metrics
 from engine.fleet_metrics import FleetMetrics
 
 
+# Prometheus' text format; the charset is added by the framework, as for every text answer.
+EXPOSITION_TYPE = metrics.CONTENT_TYPE.split("; charset")[0]
+
+
 def _fleet(state: State, settings: Config) -> FleetMetrics:
     fleet = state.get("fleet_metrics")
     if fleet is None:
@@ -19,6 +23,7 @@ def _fleet(state: State, settings: Config) -> FleetMetrics:
 
 
 @get("/metrics", operation_id="getMetrics", summary="Prometheus metrics", tags=["probes"], security=[{"bearer": []}],
+     media_type=EXPOSITION_TYPE,
      description="The send log's counts (injected, delivered, bounced by class, complained, failed, skipped "
                  "per tenant, campaign, VMTA and mailbox provider), quotas and warmup per IP, campaign "
                  "progress, queue depth, DNS and blocklist status - read from the stores at most every two "
@@ -27,7 +32,7 @@ def _fleet(state: State, settings: Config) -> FleetMetrics:
 async def get_metrics(caller: Caller, settings: Config, state: State) -> Response[bytes]:
     caller.require_admin()
     body = await _fleet(state, settings).exposition() + metrics.exposition()
-    return Response(body, media_type=metrics.CONTENT_TYPE)
+    return Response(body, media_type=EXPOSITION_TYPE)
 
 
 ROUTES = [get_metrics]
