@@ -9,7 +9,6 @@ from api.deps import Caller, Config
 from engine import metrics
 from engine.fleet_metrics import FleetMetrics
 
-
 # Prometheus' text format; the charset is added by the framework, as for every text answer.
 EXPOSITION_TYPE = metrics.CONTENT_TYPE.split("; charset")[0]
 
