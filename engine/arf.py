@@ -6,7 +6,9 @@ ARF: a `multipart/report; report-type=feedback-report` message whose second part
 the original message or its headers (`message/rfc822`, `text/rfc822-headers`). JMRP (Outlook.com's Junk Mail
 Reporting Program) forwards the original message as a `message/rfc822` attachment with no feedback part: every
 JMRP report is a junk complaint. From the original message the engine reads the headers it put on every
-message: X-Envelope-Id (the send row), Message-ID, X-Job (the campaign) and Feedback-ID.
+message: Message-ID, X-Job (the campaign) and Feedback-ID, and the envelope id (the send row) where it survived:
+`x-envid` is removed by PowerMTA (`process-x-envid`), so it is there only in copies kept before PowerMTA, and
+`X-Envelope-Id` in messages sent by earlier versions.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     arrival_date: str | None = None
     source_ip: str | None = None
     original_rcpt: str | None = None  # Original-Rcpt-To, else the original's To (JMRP: X-HmXmrOriginalRecipient)
-    envelope_id: str | None = None    # Original-Envelope-Id, else the original's X-Envelope-Id
+    envelope_id: str | None = None    # Original-Envelope-Id, else the original's envelope id header
     message_id: str | None = None
     x_job: str | None = None
     feedback_id: str | None = None
@@ -43,6 +45,10 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def is_complaint(self) -> bool:
         return self.feedback_type not in NOT_COMPLAINTS
+
+
+def _envelope(original: Message) -> str | None:
+    return _value(original.get("x-envid")) or _value(original.get("X-Envelope-Id"))
 
 
 def _value(raw: object) -> str | None:
@@ -128,7 +134,7 @@ def _arf(message: Message, digest: bytes) -> Report:
         user_agent=_value(fields.get("User-Agent")), arrival_date=_value(fields.get("Arrival-Date")),
         source_ip=_value(fields.get("Source-IP")),
         original_rcpt=_address(fields.get("Original-Rcpt-To")) or _address(original.get("To")),
-        envelope_id=_value(fields.get("Original-Envelope-Id")) or _value(original.get("X-Envelope-Id")),
+        envelope_id=_value(fields.get("Original-Envelope-Id")) or _envelope(original),
         message_id=_value(original.get("Message-ID")), x_job=_value(original.get("X-Job")),
         feedback_id=_value(original.get("Feedback-ID")), digest=digest)
 
@@ -142,5 +148,5 @@ def _jmrp(message: Message, digest: bytes) -> Report:
         format="jmrp", feedback_type="abuse", user_agent=_value(message.get("From")),
         arrival_date=_value(message.get("Date")),
         original_rcpt=_address(original.get("X-HmXmrOriginalRecipient")) or _address(original.get("To")),
-        envelope_id=_value(original.get("X-Envelope-Id")), message_id=_value(original.get("Message-ID")),
+        envelope_id=_envelope(original), message_id=_value(original.get("Message-ID")),
         x_job=_value(original.get("X-Job")), feedback_id=_value(original.get("Feedback-ID")), digest=digest)
