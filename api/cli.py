@@ -233,10 +233,10 @@ def _announce(rt: Runtime, settings: Settings, stand) -> None:
     elif settings.pmta_host is not None:
         lines.append(f"  PowerMTA: smtp://{settings.pmta_host}:{settings.pmta_port}")
     lines.append("  Ctrl-C stops everything.")
+    print("\n".join(lines), flush=True)
     warning = public_url_warning(settings)
     if warning:
-        lines.append(warning)
-    print("\n".join(lines), flush=True)
+        log.warning(warning)   # a log line: plain or JSON as the logs are
 
 
 def _setup_logging(settings: Settings) -> None:

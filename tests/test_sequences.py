@@ -190,7 +190,7 @@ async def test_three_steps_in_four_zones_on_business_days_threaded_across_a_sigk
     by_contact: dict[str, dict[int, list[tuple[dt.datetime, object]]]] = collections.defaultdict(
         lambda: collections.defaultdict(list))
     for when, message in zip(sent_at, messages, strict=True):
-        row = rows[int(message.headers["X-Envelope-Id"])]
+        row = rows[int(message.headers["x-envid"])]
         assert message.rcpt_tos == [row["email"]]
         local = when.astimezone(zone_of[row["email"]])
         # Inside the recipient's window, on a business day of the recipient's calendar
