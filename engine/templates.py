@@ -456,10 +456,15 @@ class TemplateBook:
         self.sender: dict[str, str] = dict(sender or {})
         self.by_id = {t.id: t for t in templates}
         # Rows come in id order, so a later template on the same (language, category) replaces an earlier one:
-        # the newest wins, as in `templates-select`.
+        # the newest wins, a one-off template (no step role) over a sequence's opening, and follow-ups are
+        # never chosen by the chain, as in `templates-select`.
         self._slots: dict[tuple[str, str | None], Template] = {}
         for t in templates:
-            self._slots[(t.language, t.category)] = t
+            if t.step not in (None, "opening"):
+                continue
+            held = self._slots.get((t.language, t.category))
+            if held is None or t.step is None or held.step is not None:
+                self._slots[(t.language, t.category)] = t
 
     def __len__(self) -> int:
         return len(self.by_id)

@@ -109,6 +109,10 @@ async def test_every_mutating_operation_leaves_exactly_one_audit_row(walk_client
     cid = campaign["id"]
     await call("PUT", f"/api/v2/campaigns/1/{cid}", json={**DRAFT, "name": "Avocats FR v2"}, headers=sos)
     await call("PUT", f"/api/v2/campaigns/1/{cid}/sequence", json={"steps": [{}]}, headers=sos)
+    await call("PUT", f"/api/v2/campaigns/1/{cid}/sender", json={"sender_name": "Léa Moreau"}, headers=sos)
+    await call("PUT", "/api/v2/tenants/1/sender", headers=sos, json={
+        "sender_name": "Léa Moreau", "sender_company": "SOS-Expat SAS",
+        "sender_address": "3 place de l'Exemple, 33000 Bordeaux, France", "sender_website": "https://sos-expat.example"})
     await call("PUT", "/api/v2/sequences/1/holidays", json={"holidays": [{"day": "2026-12-25", "name": "Noël"}]},
                headers=sos)
     await call("POST", "/api/v2/spintax/preview", json={"text": "{Bonjour|Salut}"}, headers=sos)
@@ -130,6 +134,7 @@ async def test_every_mutating_operation_leaves_exactly_one_audit_row(walk_client
                headers=sos)
     await call("POST", "/api/v2/templates/render", headers=sos,
                json={"tenant_id": 1, "template_id": template["id"], "variables": {"firstName": "Zoé"}})
+    await call("POST", f"/api/v2/templates/1/{template['id']}/check", headers=sos)
     await call("DELETE", f"/api/v2/templates/1/{template['id']}", headers=sos)
 
     ip = await call("POST", "/api/v2/ips", headers=sos, json={"tenant_id": 1, "address": "192.0.2.200",

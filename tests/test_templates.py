@@ -394,3 +394,16 @@ async def test_worker_hooks_follow_invalidations(redis, settings) -> None:
     finally:
         await worker_templates.on_shutdown(ctx)
     assert "template_invalidations" not in ctx
+
+
+async def test_the_chain_picks_one_off_templates_then_openings_never_follow_ups(client, admin, seeded, db) -> None:
+    book = await load_template_book(db, 1)
+    for language in LANGUAGES:
+        for category in ("avocat", "expatrie", "partenaire"):
+            chosen = book.choose(language, category)
+            assert chosen is not None and chosen.step in (None, "opening"), (language, category, chosen.name)
+            r = await select(client, admin, language, category)
+            assert r.status_code == 200 and r.json()["id"] == chosen.id, (language, category, r.text)
+    # a one-off template beats the library's opening on its rung
+    assert book.choose("fr", "avocat").name == "Cold - Avocat FR"
+    assert book.choose("de", "avocat").step == "opening"

@@ -88,8 +88,9 @@ RETURNING id;
 
 -- name: templates-select
 -- The seed's chain in one scan of the selection index: language+category, language general, en+category,
--- en general. When $2 is 'en' the first and third rungs coincide and report as the first. On one rung the
--- newest template wins.
+-- en general. When $2 is 'en' the first and third rungs coincide and report as the first. On one rung a
+-- one-off template (no step role) beats a sequence's opening message, and the newest wins; follow-ups are
+-- never chosen by the chain (a sequence step names them). engine.templates.TemplateBook is the same rule.
 -- returns: SelectedTemplate
 SELECT id, tenant_id, name, language, category, subject, body_html, body_text, variables, active, version,
        layout, step, preheader, title, created_at, updated_at,
@@ -101,10 +102,12 @@ FROM email_templates
 WHERE tenant_id = $1 AND active AND deleted_at IS NULL
   AND language IN ($2, 'en')
   AND (category IS NULL OR category = $3)
+  AND (step IS NULL OR step = 'opening')
 ORDER BY CASE WHEN language = $2 AND category = $3 THEN 1
               WHEN language = $2 AND category IS NULL THEN 2
               WHEN category = $3 THEN 3
               ELSE 4 END,
+         step IS NOT NULL,
          id DESC
 LIMIT 1;
 
