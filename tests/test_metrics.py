@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import re
+import secrets
 import socket
 from collections import defaultdict
 from pathlib import Path
@@ -236,8 +237,11 @@ async def test_the_queue_depth_is_the_arq_queue(client, admin, seeded, settings,
     from arq.connections import ArqRedis
 
     arq = ArqRedis(connection_pool=redis.connection_pool)
+    # arq's job keys are not under the queue's name: ids of this run's own, or a job left by an earlier run on
+    # the same Redis would make enqueue_job a no-op
+    run = secrets.token_hex(6)
     for i in range(3):
-        await arq.enqueue_job("ping", _queue_name=settings.queue_name, _job_id=f"metrics-test-{i}")
+        assert await arq.enqueue_job("ping", _queue_name=settings.queue_name, _job_id=f"metrics-test-{run}-{i}")
     got = scrape((await metrics_now(client, admin)).text)
     assert got["email_engine_queue_jobs"] == {(): 3.0}
     assert got["email_engine_queue_oldest_due_seconds"][()] >= 0
