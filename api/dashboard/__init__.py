@@ -98,6 +98,17 @@ async def _tenant_context(db: asyncpg.Connection, s: Session, tenant_id: int, ta
     return {"session": s, "tenant": tenant, "tab": tab, "title": f"{tenant.name} · {tab}"}
 
 
+async def _tenant_page(request: Request, db: asyncpg.Connection, tenant_id: int,
+                       tab: str) -> dict[str, Any] | Response:
+    """A tenant page's context, or its answer without one: to the login page without a session, 404 when the
+    session may not see the tenant."""
+    s = await _session(request)
+    if s is None:
+        return Redirect("/dashboard", status_code=303)
+    ctx = await _tenant_context(db, s, tenant_id, tab)
+    return _not_found(s) if ctx is None else ctx
+
+
 # --- login -------------------------------------------------------------------------------------------------
 
 @get("/", include_in_schema=False)
@@ -155,12 +166,9 @@ async def tenant_home(tenant_id: int) -> Response:
 
 @get("/{tenant_id:int}/ips", include_in_schema=False)
 async def ips_page(tenant_id: int, request: Request, db: Db) -> Response:
-    s = await _session(request)
-    if s is None:
-        return Redirect("/dashboard", status_code=303)
-    ctx = await _tenant_context(db, s, tenant_id, "IPs")
-    if ctx is None:
-        return _not_found(s)
+    ctx = await _tenant_page(request, db, tenant_id, "IPs")
+    if isinstance(ctx, Response):
+        return ctx
     now = dt.datetime.now(dt.UTC)
     rows = await dashboard.ips(db, tenant_id, today_in_timezone(ctx["tenant"].timezone, now))
     rates = await dashboard.ip_rates(db, tenant_id, now)
@@ -187,40 +195,34 @@ async def ips_page(tenant_id: int, request: Request, db: Db) -> Response:
                                       title=f"bounce and complaint rates of {ip.address}, last 30 days"),
             "sent_30d": sum(r.sent),
         })
-    return _page("ips.html", **ctx, cards=cards, csrf=s.csrf)
+    return _page("ips.html", **ctx, cards=cards, csrf=ctx["session"].csrf)
 
 
 @get("/{tenant_id:int}/campaigns", include_in_schema=False)
 async def campaigns_page(tenant_id: int, request: Request, db: Db,
                          before: Annotated[int | None, QueryParameter(gt=0)] = None) -> Response:
-    s = await _session(request)
-    if s is None:
-        return Redirect("/dashboard", status_code=303)
-    ctx = await _tenant_context(db, s, tenant_id, "Campaigns")
-    if ctx is None:
-        return _not_found(s)
+    ctx = await _tenant_page(request, db, tenant_id, "Campaigns")
+    if isinstance(ctx, Response):
+        return ctx
     found = await campaigns.list_campaigns(db, tenant_id, before=before, status=None, limit=PAGE)
     progress = await dashboard.campaign_progress(db, tenant_id, [c.id for c in found])
     rows = [{"campaign": c, "total": sum(progress[c.id].values()),
              "done": sum(n for st, n in progress[c.id].items() if st in DONE),
              "bar": plots.stacked_bar([(st, progress[c.id].get(st, 0), css) for st, css in PROGRESS],
                                       title=f"send rows of campaign {c.id} by status")} for c in found]
-    return _page("campaigns.html", **ctx, rows=rows, csrf=s.csrf,
+    return _page("campaigns.html", **ctx, rows=rows, csrf=ctx["session"].csrf,
                  next_before=found[-1].id if len(found) == PAGE else None)
 
 
 @get("/{tenant_id:int}/campaigns/{campaign_id:int}", include_in_schema=False)
 async def campaign_page(tenant_id: int, campaign_id: int, request: Request, db: Db) -> Response:
-    s = await _session(request)
-    if s is None:
-        return Redirect("/dashboard", status_code=303)
-    ctx = await _tenant_context(db, s, tenant_id, "Campaigns")
-    if ctx is None:
-        return _not_found(s)
+    ctx = await _tenant_page(request, db, tenant_id, "Campaigns")
+    if isinstance(ctx, Response):
+        return ctx
     try:
         campaign = await campaigns.get_campaign(db, tenant_id, campaign_id)
     except NotFound:
-        return _not_found(s)
+        return _not_found(ctx["session"])
     stats = await campaigns.stats(db, campaign)
 
     def breakdown(groups: dict[str, dict[str, int]]) -> list:
@@ -228,7 +230,7 @@ async def campaign_page(tenant_id: int, campaign_id: int, request: Request, db: 
                 for key, counts in sorted(groups.items(), key=lambda kv: -sum(kv[1].values()))]
 
     done = sum(n for st, n in stats.by_status.items() if st in DONE)
-    return _page("campaign.html", **ctx, campaign=campaign, stats=stats, done=done, csrf=s.csrf,
+    return _page("campaign.html", **ctx, campaign=campaign, stats=stats, done=done, csrf=ctx["session"].csrf,
                  legend=[(st, css) for st, css in PROGRESS if stats.by_status.get(st)],
                  bar=plots.stacked_bar([(st, stats.by_status.get(st, 0), css) for st, css in PROGRESS],
                                        title=f"send rows of campaign {campaign.id} by status", width=560, height=18),
@@ -238,12 +240,9 @@ async def campaign_page(tenant_id: int, campaign_id: int, request: Request, db: 
 
 @get("/{tenant_id:int}/imports", include_in_schema=False)
 async def imports_page(tenant_id: int, request: Request, db: Db) -> Response:
-    s = await _session(request)
-    if s is None:
-        return Redirect("/dashboard", status_code=303)
-    ctx = await _tenant_context(db, s, tenant_id, "Imports")
-    if ctx is None:
-        return _not_found(s)
+    ctx = await _tenant_page(request, db, tenant_id, "Imports")
+    if isinstance(ctx, Response):
+        return ctx
     rows = []
     for job in await dashboard.imports(db, tenant_id):
         parts = [("created", job.created, "st-delivered"), ("updated", job.updated, "st-injected"),
@@ -255,12 +254,9 @@ async def imports_page(tenant_id: int, request: Request, db: Db) -> Response:
 @get("/{tenant_id:int}/suppressions", include_in_schema=False)
 async def suppressions_page(tenant_id: int, request: Request, db: Db,
                             cursor: Annotated[str | None, QueryParameter(max_length=19)] = None) -> Response:
-    s = await _session(request)
-    if s is None:
-        return Redirect("/dashboard", status_code=303)
-    ctx = await _tenant_context(db, s, tenant_id, "Suppressions")
-    if ctx is None:
-        return _not_found(s)
+    ctx = await _tenant_page(request, db, tenant_id, "Suppressions")
+    if isinstance(ctx, Response):
+        return ctx
     found = await suppression.list_suppressions(db, tenant_id, cursor=cursor, limit=PAGE)
     return _page("suppressions.html", **ctx, page=found)
 
@@ -268,24 +264,18 @@ async def suppressions_page(tenant_id: int, request: Request, db: Db,
 @get("/{tenant_id:int}/audit", include_in_schema=False)
 async def audit_page(tenant_id: int, request: Request, db: Db,
                      before: Annotated[int | None, QueryParameter(gt=0)] = None) -> Response:
-    s = await _session(request)
-    if s is None:
-        return Redirect("/dashboard", status_code=303)
-    ctx = await _tenant_context(db, s, tenant_id, "Audit log")
-    if ctx is None:
-        return _not_found(s)
+    ctx = await _tenant_page(request, db, tenant_id, "Audit log")
+    if isinstance(ctx, Response):
+        return ctx
     found = await audit.list_entries(db, tenant_id, before=before, limit=PAGE)
     return _page("audit.html", **ctx, page=found)
 
 
 @get("/{tenant_id:int}/alerts", include_in_schema=False)
 async def alerts_page(tenant_id: int, request: Request, db: Db) -> Response:
-    s = await _session(request)
-    if s is None:
-        return Redirect("/dashboard", status_code=303)
-    ctx = await _tenant_context(db, s, tenant_id, "Alerts")
-    if ctx is None:
-        return _not_found(s)
+    ctx = await _tenant_page(request, db, tenant_id, "Alerts")
+    if isinstance(ctx, Response):
+        return ctx
     return _page("alerts.html", **ctx, alerts=await alert_events.list_alerts(db, tenant_id, limit=PAGE))
 
 
