@@ -19,7 +19,7 @@ POLICY = Policy(ip=[ZEN, COP], domain=[DBL])
 
 
 async def run_watch(db, zones, tenant_id=1, failures=()):
-    async with DnsServer(zones) as dns, Resolver([dns.address], timeout=0.3, tries=1) as resolver:
+    async with DnsServer(zones) as dns, Resolver([dns.address], timeout=1.5, tries=2) as resolver:
         for name, mode in failures:
             dns.fail(name, mode)
         return await blocklists.watch(db, resolver, POLICY, tenant_id)
