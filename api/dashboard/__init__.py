@@ -18,7 +18,7 @@ import asyncpg
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import MediaType, Request, Response, Router, get, post
 from litestar.datastructures import Cookie
-from litestar.params import QueryParameter
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect
 
 from api import audit as audit_log
@@ -160,12 +160,12 @@ async def style() -> Response:
 # --- pages -------------------------------------------------------------------------------------------------
 
 @get("/{tenant_id:int}", include_in_schema=False)
-async def tenant_home(tenant_id: int) -> Response:
+async def tenant_home(tenant_id: FromPath[int]) -> Response:
     return Redirect(f"/dashboard/{tenant_id}/ips", status_code=303)
 
 
 @get("/{tenant_id:int}/ips", include_in_schema=False)
-async def ips_page(tenant_id: int, request: Request, db: Db) -> Response:
+async def ips_page(tenant_id: FromPath[int], request: Request, db: Db) -> Response:
     ctx = await _tenant_page(request, db, tenant_id, "IPs")
     if isinstance(ctx, Response):
         return ctx
@@ -199,7 +199,7 @@ async def ips_page(tenant_id: int, request: Request, db: Db) -> Response:
 
 
 @get("/{tenant_id:int}/campaigns", include_in_schema=False)
-async def campaigns_page(tenant_id: int, request: Request, db: Db,
+async def campaigns_page(tenant_id: FromPath[int], request: Request, db: Db,
                          before: Annotated[int | None, QueryParameter(gt=0)] = None) -> Response:
     ctx = await _tenant_page(request, db, tenant_id, "Campaigns")
     if isinstance(ctx, Response):
@@ -215,7 +215,8 @@ async def campaigns_page(tenant_id: int, request: Request, db: Db,
 
 
 @get("/{tenant_id:int}/campaigns/{campaign_id:int}", include_in_schema=False)
-async def campaign_page(tenant_id: int, campaign_id: int, request: Request, db: Db) -> Response:
+async def campaign_page(tenant_id: FromPath[int], campaign_id: FromPath[int], request: Request,
+                        db: Db) -> Response:
     ctx = await _tenant_page(request, db, tenant_id, "Campaigns")
     if isinstance(ctx, Response):
         return ctx
@@ -239,7 +240,7 @@ async def campaign_page(tenant_id: int, campaign_id: int, request: Request, db: 
 
 
 @get("/{tenant_id:int}/imports", include_in_schema=False)
-async def imports_page(tenant_id: int, request: Request, db: Db) -> Response:
+async def imports_page(tenant_id: FromPath[int], request: Request, db: Db) -> Response:
     ctx = await _tenant_page(request, db, tenant_id, "Imports")
     if isinstance(ctx, Response):
         return ctx
@@ -252,7 +253,7 @@ async def imports_page(tenant_id: int, request: Request, db: Db) -> Response:
 
 
 @get("/{tenant_id:int}/suppressions", include_in_schema=False)
-async def suppressions_page(tenant_id: int, request: Request, db: Db,
+async def suppressions_page(tenant_id: FromPath[int], request: Request, db: Db,
                             cursor: Annotated[str | None, QueryParameter(max_length=19)] = None) -> Response:
     ctx = await _tenant_page(request, db, tenant_id, "Suppressions")
     if isinstance(ctx, Response):
@@ -262,7 +263,7 @@ async def suppressions_page(tenant_id: int, request: Request, db: Db,
 
 
 @get("/{tenant_id:int}/audit", include_in_schema=False)
-async def audit_page(tenant_id: int, request: Request, db: Db,
+async def audit_page(tenant_id: FromPath[int], request: Request, db: Db,
                      before: Annotated[int | None, QueryParameter(gt=0)] = None) -> Response:
     ctx = await _tenant_page(request, db, tenant_id, "Audit log")
     if isinstance(ctx, Response):
@@ -272,7 +273,7 @@ async def audit_page(tenant_id: int, request: Request, db: Db,
 
 
 @get("/{tenant_id:int}/alerts", include_in_schema=False)
-async def alerts_page(tenant_id: int, request: Request, db: Db) -> Response:
+async def alerts_page(tenant_id: FromPath[int], request: Request, db: Db) -> Response:
     ctx = await _tenant_page(request, db, tenant_id, "Alerts")
     if isinstance(ctx, Response):
         return ctx
@@ -304,7 +305,8 @@ async def _control(request: Request, tenant_id: int, back: str, change) -> Respo
 
 @post("/{tenant_id:int}/campaigns/{campaign_id:int}/{action:str}", include_in_schema=False,
       operation_id="dashboardCampaignControl", status_code=303)
-async def campaign_control(tenant_id: int, campaign_id: int, action: str, request: Request) -> Response:
+async def campaign_control(tenant_id: FromPath[int], campaign_id: FromPath[int], action: FromPath[str],
+                           request: Request) -> Response:
     if action not in ("pause", "resume"):
         return _not_found(None)
     return await _control(request, tenant_id, f"/dashboard/{tenant_id}/campaigns/{campaign_id}",
@@ -313,7 +315,8 @@ async def campaign_control(tenant_id: int, campaign_id: int, action: str, reques
 
 @post("/{tenant_id:int}/ips/{ip_id:int}/{action:str}", include_in_schema=False,
       operation_id="dashboardIpControl", status_code=303)
-async def ip_control(tenant_id: int, ip_id: int, action: str, request: Request) -> Response:
+async def ip_control(tenant_id: FromPath[int], ip_id: FromPath[int], action: FromPath[str],
+                     request: Request) -> Response:
     if action not in ("pause", "resume"):
         return _not_found(None)
     return await _control(request, tenant_id, f"/dashboard/{tenant_id}/ips",
