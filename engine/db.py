@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, TypeVar
 
@@ -73,6 +74,33 @@ async def migrate(dsn: str) -> list[int]:
     finally:
         await conn.close()
     return applied
+
+
+async def pending_migrations(dsn: str) -> list[str]:
+    """The migrations this code knows and the database has not applied yet ("0019_sequences"), in order."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        table = await conn.fetchval("SELECT to_regclass('schema_migrations')")
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")} if table else set()
+    finally:
+        await conn.close()
+    return [f"{m.version:04d}_{m.name}" for m in sql.migrations() if m.version not in done]
+
+
+async def wait_for_schema(dsn: str, *, poll: float = 2.0, log_every: float = 30.0) -> None:
+    """Return once every migration this code knows is applied, logging what is missing while it waits.
+
+    A worker started beside `serve` (which migrates) or before `email-engine migrate` waits here instead of
+    running jobs against tables that do not exist yet.
+    """
+    loop = asyncio.get_running_loop()
+    logged_at = None
+    while missing := await pending_migrations(dsn):
+        if logged_at is None or loop.time() - logged_at >= log_every:
+            log.warning("waiting for %d migration(s) (%s … %s): run `email-engine migrate`, or start `serve`, "
+                        "which applies them", len(missing), missing[0], missing[-1])
+            logged_at = loop.time()
+        await asyncio.sleep(poll)
 
 
 def row_to(struct: type[T], record: asyncpg.Record | None) -> T | None:

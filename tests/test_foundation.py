@@ -86,6 +86,27 @@ async def test_concurrent_migrate_applies_each_migration_once(server_urls: tuple
         await conn.close()
 
 
+async def test_a_worker_waits_for_the_schema_before_its_jobs(server_urls: tuple[str, str], caplog) -> None:
+    admin_url = server_urls[0]
+    name = "ee_test_unmigrated_" + os.urandom(4).hex()
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = with_database(admin_url, name)
+        everything = [f"{m.version:04d}_{m.name}" for m in sql.migrations()]
+        assert await dbm.pending_migrations(url) == everything
+        waiting = asyncio.create_task(dbm.wait_for_schema(url, poll=0.05))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        assert f"waiting for {len(everything)} migration(s) ({everything[0]} … {everything[-1]})" in caplog.text
+        await dbm.migrate(url)
+        await asyncio.wait_for(waiting, 10)
+        assert await dbm.pending_migrations(url) == []
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
 def struct_module(noun: str) -> str:
     """The module whose Structs a query file's `-- returns:` names: engine.<noun>, or inside a package."""
     if noun.startswith("mailwizz_"):

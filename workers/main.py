@@ -51,6 +51,7 @@ def worker_kwargs(settings: Settings, *, secret_key: str, burst: bool = False, *
     async def startup(ctx: dict) -> None:
         ctx["settings"] = settings
         ctx["secret_key"] = secret_key
+        await dbm.wait_for_schema(settings.database_url)
         ctx["pool"] = await dbm.create_pool(settings.database_url, min_size=1, max_size=10)
         ctx["redis_client"] = Redis.from_url(settings.redis_url)
         for module in _families():
