@@ -4,8 +4,9 @@ Per row: the policy's checks (engine.sending.policy: erased, never-mail statuses
 a template for its language and category → it renders → a VMTA of the tenant has a token, recorded in the
 send log and the quota ledger before anything leaves (engine.sending.grants) → the transport's answer,
 classified by the one bounce table. Each step that stops a row records why; nothing raises past
-`process_batch`. Each chunk's answers also move the automatic pauses' figures (engine.health: the campaign
-stops when it passes its tenant's limits) and count reputation deferrals for the provider holds
+`process_batch`. A batch's answers also move the automatic pauses' figures (engine.health: the campaign
+stops when it passes its tenant's limits; a chunk with a hard bounce is judged before the next one leaves)
+and count reputation deferrals for the provider holds
 (engine.sending.backoff), which the grant honours.
 
 The transport is anything with `send_many` (engine.sending.transport.Transport); the worker passes PowerMTA's
@@ -162,8 +163,8 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
             continue
         if state["status"] != CampaignStatus.SENDING:
             return state["status"]
-        camp = await campaigns.get_campaign(ctx.pool, state["tenant_id"], campaign_id)
-        seq = await sequences.get_sequence(ctx.pool, campaign_id)
+        camp, seq = await asyncio.gather(campaigns.get_campaign(ctx.pool, state["tenant_id"], campaign_id),
+                                         sequences.get_sequence(ctx.pool, campaign_id))
         now = ctx.clock()
         if first_recovery or time.monotonic() - last_recovery > ctx.tuning.recover_every:
             live = [w for w in await ctx.live_workers() if not (first_recovery and w == ctx.worker_id)]
@@ -183,20 +184,22 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
             await campaigns.set_wait_reason(ctx.pool, campaign_id, "outside the sending window")
             await _sleep(stop, min(wait, ctx.tuning.max_wait))
             continue
-        hold = await policy.sender_hold(ctx.pool, camp.tenant_id, camp.from_email)
+        # Independent reads, each on a connection of its own: one round trip's wait instead of four. A fresh
+        # book per batch: a template edited mid-campaign is used from the next batch on.
+        hold, (room, day_left), book, reply_address = await asyncio.gather(
+            policy.sender_hold(ctx.pool, camp.tenant_id, camp.from_email), _daily_room(ctx.pool, camp, tz, now),
+            load_template_book(ctx.pool, camp.tenant_id, camp.id),
+            ctx.pool.fetchval(q("tenant-reply-address"), camp.tenant_id))
         if hold is not None:
             await campaigns.set_wait_reason(ctx.pool, campaign_id, hold)
             await _sleep(stop, ctx.tuning.max_wait)
             continue
-        room, day_left = await _daily_room(ctx.pool, camp, tz, now)
         if room <= 0:
             await campaigns.set_wait_reason(ctx.pool, campaign_id, "daily cap reached")
             await _sleep(stop, min(day_left, ctx.tuning.max_wait))
             continue
         if camp.wait_reason is not None:
             await campaigns.set_wait_reason(ctx.pool, campaign_id, None)
-        # A fresh book per batch: a template edited mid-campaign is used from the next batch on.
-        book = await load_template_book(ctx.pool, camp.tenant_id, camp.id)
         rows = await sends.claim(ctx.pool, campaign_id, ctx.worker_id, int(min(ctx.tuning.batch, room)), now=now)
         if not rows:
             complete = steps.complete_if_done if seq is not None and len(seq.steps) > 1 else campaigns.complete_if_done
@@ -210,8 +213,7 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
             await _sleep(stop, min(pause, ctx.tuning.max_wait))
             continue
         batch = Batch(campaign=camp, day=today_in_timezone(tz, now), day_ends_in=seconds_until_tomorrow(tz, now),
-                      sequence=seq, timezone=tz, book=book,
-                      reply_address=await ctx.pool.fetchval(q("tenant-reply-address"), camp.tenant_id))
+                      sequence=seq, timezone=tz, book=book, reply_address=reply_address)
         wait = await process_batch(ctx, batch, TenantPolicy.from_settings(state["settings"]), book, rows)
         if wait > 0:
             await _sleep(stop, min(wait, ctx.tuning.max_wait))
@@ -362,6 +364,7 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
     if not pieces:
         return 0.0
     pending: list[sends.Outcome] = []
+    figures: list[tuple[int, int, int, int, int]] = []   # results not yet added to the health figures
     chunk = _build_chunk(ctx, campaign, pieces[0], batch)
     _keep_marked(chunk, await sends.advance(ctx.pool, campaign.id, ctx.worker_id, chunk.refused, chunk.in_flight))
     wait = 0.0
@@ -383,9 +386,13 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
             _keep_marked(upcoming, marked)
         results = _sort_results(ctx, chunk, answers)
         pending = [*to_record, *results.outcomes]
-        # The campaign's, its IPs' and its domain's figures move with every chunk; past a limit they pause.
-        paused = await health.record(ctx.pool, campaign.tenant_id, health.tallies(
-            [(campaign.id, ip_id, n, hard, 0) for ip_id, n, hard in results.final]))
+        # The campaign's, its IPs' and its domain's figures: past a limit they pause. Only a bad result (a hard
+        # bounce) can make a rate pass its limit (engine.health.record), so clean chunks' results are added
+        # with the first bad one, or once at the end of the batch: one statement per batch instead of per chunk.
+        figures.extend((campaign.id, ip_id, n, hard, 0) for ip_id, n, hard in results.final)
+        paused = []
+        if any(hard for _, _, hard in results.final):
+            paused = await _add_figures(ctx, campaign, figures)
         await backoff.observe(ctx.pool, campaign.tenant_id, results.refusals)
         if results.in_doubt:
             # retried like any soft failure; counted, since the server may have taken them before the cut
@@ -409,14 +416,23 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
         if stop is not None:
             # Every later message would meet the same end: their tokens go back, their rows wait untouched.
             rest = [(p, ip_id) for piece in pieces[i + 1:] for p, ip_id, _ in piece]
+            await _add_figures(ctx, campaign, figures)
             await sends.record(ctx.pool, campaign.id, ctx.worker_id, pending)
             await _give_back(ctx, batch, rest, retry=False)
             log.warning("campaign %s: %s; %d rows of the batch released", campaign.id, stop, len(rest))
             return wait
         if upcoming is not None:
             chunk = upcoming
+    await _add_figures(ctx, campaign, figures)
     await sends.record(ctx.pool, campaign.id, ctx.worker_id, pending)
     return wait
+
+
+async def _add_figures(ctx: Context, campaign: Campaign, figures: list[tuple[int, int, int, int, int]]
+                       ) -> list[health.Paused]:
+    """Add the results gathered so far to the automatic pauses' figures (and empty the list)."""
+    found, figures[:] = health.tallies(figures), []
+    return await health.record(ctx.pool, campaign.tenant_id, found)
 
 
 def _keep_marked(chunk: Chunk, marked: set[int]) -> None:
