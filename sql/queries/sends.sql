@@ -24,10 +24,13 @@ RETURNING s.id, s.claim_gen, s.contact_id, s.attempts, s.waiting_since, c.email,
 -- The quota grant written on the rows before anything is injected: the IP (VMTA) and when its token was
 -- taken. Runs inside the grant transaction (grants.sql), fenced like every write; returns the rows stamped.
 -- The rows come as one JSON array ($1, text: whatever jsonb codec the connection has), which costs the
--- worker a fraction of encoding one array per column.
+-- worker a fraction of encoding one array per column. `status::text`: compared as text so the rows are found
+-- by id; the statistics see almost no 'claimed' rows, and a plan through the status index then compared
+-- every row the workers hold with every row given (record-and-mark of 64 + 64 rows with 1,024 held: 19.7 ms
+-- instead of 5.0).
 UPDATE sends s SET ip_id = u.ip_id, vmta = u.vmta, ip_assigned_at = now()
 FROM jsonb_to_recordset($1::text::jsonb) AS u(id bigint, gen int, ip_id bigint, vmta text)
-WHERE s.id = u.id AND s.claimed_by = $2 AND s.claim_gen = u.gen AND s.status = 'claimed'
+WHERE s.id = u.id AND s.claimed_by = $2 AND s.claim_gen = u.gen AND s.status::text = 'claimed'
 RETURNING s.id;
 
 -- name: record-and-mark
@@ -36,8 +39,8 @@ RETURNING s.id;
 -- between is on the wire. From the mark on a crash leaves a row ambiguous; recording in the same commit keeps
 -- the ambiguous rows to two chunks. Both halves are fenced: only rows this worker ($3) still holds in the generation it
 -- claimed are written, so a worker whose rows were taken back writes nothing; the caller sends only the
--- rows marked and counts the results dropped. Either half may be empty. Rows come as JSON arrays, as in
--- stamp-sends.
+-- rows marked and counts the results dropped. Either half may be empty. Rows come as JSON arrays, and the
+-- status is compared as text, as in stamp-sends.
 WITH recorded AS (
     UPDATE sends s
     SET status = u.status::send_status,
@@ -62,7 +65,7 @@ WITH recorded AS (
         message_id = u.message_id, language = u.language
     FROM jsonb_to_recordset($2::text::jsonb)
          AS u(id bigint, gen int, template_id bigint, template_version int, message_id text, language text)
-    WHERE s.id = u.id AND s.claimed_by = $3 AND s.claim_gen = u.gen AND s.status = 'claimed'
+    WHERE s.id = u.id AND s.claimed_by = $3 AND s.claim_gen = u.gen AND s.status::text = 'claimed'
     RETURNING s.id
 )
 SELECT (SELECT count(*) FROM recorded) AS recorded, (SELECT coalesce(array_agg(id), '{}') FROM marked) AS marked;
