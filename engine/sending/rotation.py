@@ -89,15 +89,31 @@ def smooth_weighted_sequence(peers: Sequence[tuple[K, int]], n: int, current: di
     keys = [key for key, _ in peers]
     weights = [weight for _, weight in peers]
     total = sum(weights)
-    values = [state.get(key, 0) for key in keys]
+    start = [state.get(key, 0) for key in keys]
+    values = start
     picks: list[K] = []
-    for _ in range(n):
+    for step in range(1, n + 1):
         values = list(map(add, values, weights))
         best = values.index(max(values))   # the first of equals: ties go to the earlier peer
         values[best] -= total
         picks.append(keys[best])
+        if step == total and step < n and values == start:
+            # Back where it began (every peer picked `weight` times, as from a fresh state): the picks repeat,
+            # so the rest is copied, and the final state is the one `n % total` steps in.
+            full, rest = divmod(n, total)
+            picks = picks * full + picks[:rest]
+            values = _swrr_state(start, weights, total, rest)
+            break
     state.update(zip(keys, values, strict=True))
     return picks
+
+
+def _swrr_state(values: list[int], weights: list[int], total: int, n: int) -> list[int]:
+    """The round-robin state `n` steps after `values`."""
+    for _ in range(n):
+        values = list(map(add, values, weights))
+        values[values.index(max(values))] -= total
+    return values
 
 
 class _Pocket(msgspec.Struct):
