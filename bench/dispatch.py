@@ -222,9 +222,8 @@ def _proc_stats(pid: int) -> tuple[float, int]:
 
 async def _run_campaign(url: str, campaign_id: int, port: int, namespace: str, contacts: int,
                         pool_size: int) -> dict[str, float]:
-    import asyncpg
-
     from engine import campaigns
+    from engine import db as dbm
 
     env = {**os.environ, "EMAIL_ENGINE_DATABASE_URL": url, "EMAIL_ENGINE_REDIS_URL": BENCH_REDIS,
            "EMAIL_ENGINE_REDIS_NAMESPACE": namespace, "EMAIL_ENGINE_PMTA_HOST": "127.0.0.1",
@@ -233,7 +232,7 @@ async def _run_campaign(url: str, campaign_id: int, port: int, namespace: str, c
            "EMAIL_ENGINE_HOME": f"/tmp/ee-bench-{namespace}", "EMAIL_ENGINE_LOG_LEVEL": "WARNING"}
     worker = subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=env, cwd=ROOT,  # noqa: ASYNC220
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    conn = await asyncpg.connect(url)
+    conn = await dbm.connect(url)   # the engine's jsonb codecs: `start` writes an event
     try:
         await asyncio.sleep(2.0)  # the worker connects and its supervisor starts polling
         cpu0, _ = _proc_stats(worker.pid)

@@ -14,6 +14,7 @@ from engine.languages import direction, template_language
 from engine.plaintext import html_to_text
 from engine.rendering import (
     DEFAULT_CACHE,
+    SUBJECT,
     CompiledTemplate,
     Frame,
     TemplateCache,
@@ -151,7 +152,7 @@ _SHELLS = {Layout.PERSONAL: _PERSONAL, Layout.BRANDED: _BRANDED}
 
 # `brand` is the older name of `sender_company`; either fills the brand slot.
 _JINJA = {
-    "@@TITLE@@": "{% if title %}{{ title }}{% else %}{{ self.subject()|forceescape }}{% endif %}",
+    "@@TITLE@@": "{% if title %}{{ title }}{% else %}{{ " + SUBJECT + "|forceescape }}{% endif %}",
     "@@PREHEADER@@": "{{ preheader }}",
     "<!--@@IF_BRAND@@-->": "{% if sender_company or brand %}",
     "@@BRAND@@": "{{ sender_company or brand }}",

@@ -29,6 +29,9 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_REPEAT_ITEMS = 100_000
 MAX_POWER_EXPONENT = 64
 COMPILE_CACHE_SIZE = 1024
+# The message's subject as its block rendered it, for a frame to show again (the layout's <title>) without
+# rendering the block twice. A dunder name: templates may not read it (check_template refuses them).
+SUBJECT = "__subject__"
 
 # Names a template may not reference: Jinja's callables with reachable __globals__, and the usual
 # server-side-template-injection probes from other frameworks.
@@ -288,10 +291,11 @@ def render_parts(compiled: CompiledTemplate, context: Mapping[str, Any]) -> tupl
     blocks = template.blocks
     # Same as template.new_context(context) without flattening the globals ChainMap on every render; the
     # globals' keys only matter to {% import %}, which check_template refuses.
-    ctx = Context(ENVIRONMENT, {**compiled.base, **context}, None, blocks)
+    variables = {**compiled.base, **context}
+    ctx = Context(ENVIRONMENT, variables, None, blocks)
     field = "subject"
     try:
-        subject = "".join(blocks["subject"](ctx))
+        subject = variables[SUBJECT] = "".join(blocks["subject"](ctx))
         field = "body_html"
         html = "".join(blocks["html"](ctx))
         field = "body_text"

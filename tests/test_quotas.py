@@ -239,3 +239,31 @@ def test_eight_processes_across_a_flushall_get_exactly_the_quota():
     assert sum(totals) == 1000
     assert sent.value == 1000
     assert rebuilds.value >= 2  # once at the start of the day, at least once after the flush
+
+
+async def test_take_many_grants_each_ip_as_its_own_take_would(r, ns):
+    """Several IPs in one call: each IP's grant, reason and limits are those of a take of its own; an IP whose
+    counter is missing is rebuilt alone and taken again, the others are taken once."""
+    await quotas.take(r, ns, 2, DAY, 4, daily_quota=5, used_today=log_count(0))   # IP 2 has 1 left today
+    in_log = {1: 0, 3: 3, 4: 0}
+    calls: list[int] = []
+
+    async def used_today(ip_id: int, day: str) -> int:
+        calls.append(ip_id)
+        return in_log[ip_id]
+
+    grants = await quotas.take_many(r, ns, DAY, [
+        quotas.Take(ip_id=1, n=10, daily_quota=100, rate_per_sec=4, burst=6),
+        quotas.Take(ip_id=2, n=10, daily_quota=5),
+        quotas.Take(ip_id=3, n=10, daily_quota=8),
+        quotas.Take(ip_id=4, n=5, daily_quota=100, provider="gmail", provider_cap=ProviderCap(per_day=2)),
+    ], used_today=used_today, now=100.0)
+    assert [(g.granted, g.reason, g.remaining) for g in grants] == [
+        (6, "rate", 94), (1, "daily", 0), (5, "daily", 0), (2, "provider_daily", 98)]
+    assert grants[0].retry_after == pytest.approx(0.25)
+    assert grants[1].retry_after == grants[2].retry_after == grants[3].retry_after == math.inf
+    # IPs 1, 3 and 4 had no counter yet: each rebuilt once from the log; IP 2's was there
+    assert sorted(calls) == [1, 3, 4]
+    assert [await quotas.used(r, ns, ip, DAY) for ip in (1, 2, 3, 4)] == [6, 5, 8, 2]
+    assert await quotas.used(r, ns, 4, DAY, provider="gmail") == 2
+    assert await quotas.take_many(r, ns, DAY, [], used_today=used_today) == []

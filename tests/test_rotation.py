@@ -221,3 +221,18 @@ async def test_a_new_day_refunds_yesterdays_pockets(r, ns):
     assert await quotas.used(r, ns, 1, DAY) == 1
     assert await quotas.used(r, ns, 1, "2024-03-02") == 6
     await rot.close(r)
+
+
+def test_sequence_over_whole_cycles_is_the_same_as_step_by_step():
+    """From a state the rotation reaches (a fresh one, or one a cycle later), batches longer than the total
+    weight repeat the cycle: the picks and the state they leave are those of the steps one by one."""
+    rng = random.Random(11)
+    for _ in range(100):
+        peers = [(i, rng.randint(1, 5)) for i in range(rng.randint(1, 50))]
+        total = sum(w for _, w in peers)
+        batched: dict[int, int] = {}
+        stepped: dict[int, int] = {}
+        for n in (rng.randint(1, 3 * total), total, total + 1, 2 * total, rng.randint(1, 700)):
+            assert smooth_weighted_sequence(peers, n, batched) == [smooth_weighted_next(stepped, peers)
+                                                                    for _ in range(n)]
+            assert batched == {k: v for k, v in stepped.items()}

@@ -4,8 +4,9 @@ Per row: the policy's checks (engine.sending.policy: erased, never-mail statuses
 a template for its language and category → it renders → a VMTA of the tenant has a token, recorded in the
 send log and the quota ledger before anything leaves (engine.sending.grants) → the transport's answer,
 classified by the one bounce table. Each step that stops a row records why; nothing raises past
-`process_batch`. Each chunk's answers also move the automatic pauses' figures (engine.health: the campaign
-stops when it passes its tenant's limits) and count reputation deferrals for the provider holds
+`process_batch`. A batch's answers also move the automatic pauses' figures (engine.health: the campaign
+stops when it passes its tenant's limits; a chunk with a hard bounce is judged before the next one leaves)
+and count reputation deferrals for the provider holds
 (engine.sending.backoff), which the grant honours.
 
 The transport is anything with `send_many` (engine.sending.transport.Transport); the worker passes PowerMTA's
@@ -151,71 +152,105 @@ async def run_campaign(ctx: Context, campaign_id: int, *, stop: asyncio.Event | 
     # restarting mid-batch): the worker is alive, so the orphan recovery would never take them back. The
     # first recovery of a loop counts this worker among the dead.
     first_recovery = True
-    while not stop.is_set():
-        state = await ctx.pool.fetchrow(q("campaign-run-state"), campaign_id)
-        if state is None:
-            return "deleted"
-        tz = state["timezone"]
-        if state["status"] == CampaignStatus.SCHEDULED:
-            if not await campaigns.begin_sending(ctx.pool, campaign_id):
-                await _sleep(stop, ctx.tuning.idle)
-            continue
-        if state["status"] != CampaignStatus.SENDING:
-            return state["status"]
-        camp = await campaigns.get_campaign(ctx.pool, state["tenant_id"], campaign_id)
-        seq = await sequences.get_sequence(ctx.pool, campaign_id)
-        now = ctx.clock()
-        if first_recovery or time.monotonic() - last_recovery > ctx.tuning.recover_every:
-            live = [w for w in await ctx.live_workers() if not (first_recovery and w == ctx.worker_id)]
-            total, in_flight = await sends.recover_orphans(ctx.pool, campaign_id, live)
-            if total:
-                log.warning("campaign %s: requeued %s rows of dead workers or of a broken loop (%s were in flight)",
-                            campaign_id, total, in_flight)
-            if seq is not None and seq.winner_after is not None:
-                await sequences.decide_winners(ctx.pool, seq)
-            last_recovery, first_recovery = time.monotonic(), False
-        if not camp.audience_ready:
-            await fill_audience(ctx, camp)
-        if seq is not None and len(seq.steps) > 1:
-            await steps.write_next_steps(ctx.pool, camp, seq, tz, now)
-        wait = policy.window_wait(camp.send_window, now)
-        if wait > 0:
-            await campaigns.set_wait_reason(ctx.pool, campaign_id, "outside the sending window")
-            await _sleep(stop, min(wait, ctx.tuning.max_wait))
-            continue
-        hold = await policy.sender_hold(ctx.pool, camp.tenant_id, camp.from_email)
-        if hold is not None:
-            await campaigns.set_wait_reason(ctx.pool, campaign_id, hold)
-            await _sleep(stop, ctx.tuning.max_wait)
-            continue
-        room, day_left = await _daily_room(ctx.pool, camp, tz, now)
-        if room <= 0:
-            await campaigns.set_wait_reason(ctx.pool, campaign_id, "daily cap reached")
-            await _sleep(stop, min(day_left, ctx.tuning.max_wait))
-            continue
-        if camp.wait_reason is not None:
-            await campaigns.set_wait_reason(ctx.pool, campaign_id, None)
-        # A fresh book per batch: a template edited mid-campaign is used from the next batch on.
-        book = await load_template_book(ctx.pool, camp.tenant_id, camp.id)
-        rows = await sends.claim(ctx.pool, campaign_id, ctx.worker_id, int(min(ctx.tuning.batch, room)), now=now)
-        if not rows:
-            complete = steps.complete_if_done if seq is not None and len(seq.steps) > 1 else campaigns.complete_if_done
-            if await complete(ctx.pool, campaign_id):
-                log.info("campaign %s completed", campaign_id)
-                return "completed"
-            left = await sends.progress(ctx.pool, campaign_id)
-            pause = ctx.tuning.idle
-            if left["active"] == 0 and left["next_retry"] is not None:
-                pause = max(0.05, (left["next_retry"] - ctx.clock()).total_seconds())
-            await _sleep(stop, min(pause, ctx.tuning.max_wait))
-            continue
-        batch = Batch(campaign=camp, day=today_in_timezone(tz, now), day_ends_in=seconds_until_tomorrow(tz, now),
-                      sequence=seq, timezone=tz, book=book,
-                      reply_address=await ctx.pool.fetchval(q("tenant-reply-address"), camp.tenant_id))
-        wait = await process_batch(ctx, batch, TenantPolicy.from_settings(state["settings"]), book, rows)
-        if wait > 0:
-            await _sleep(stop, min(wait, ctx.tuning.max_wait))
-    return "stopped"
+    # The batch on the wire: the next one is claimed, checked and granted meanwhile and handed to the
+    # transport once this one is done, so one batch's chunks are in flight at a time (the bound above holds).
+    sending: asyncio.Future[tuple[float, bool]] | None = None
+    try:
+        while not stop.is_set():
+            state = await ctx.pool.fetchrow(q("campaign-run-state"), campaign_id)
+            if state is None:
+                return "deleted"
+            tz = state["timezone"]
+            if state["status"] == CampaignStatus.SCHEDULED:
+                if not await campaigns.begin_sending(ctx.pool, campaign_id):
+                    await _sleep(stop, ctx.tuning.idle)
+                continue
+            if state["status"] != CampaignStatus.SENDING:
+                return state["status"]
+            camp, seq = await asyncio.gather(campaigns.get_campaign(ctx.pool, state["tenant_id"], campaign_id),
+                                             sequences.get_sequence(ctx.pool, campaign_id))
+            now = ctx.clock()
+            if first_recovery or time.monotonic() - last_recovery > ctx.tuning.recover_every:
+                live = [w for w in await ctx.live_workers() if not (first_recovery and w == ctx.worker_id)]
+                total, in_flight = await sends.recover_orphans(ctx.pool, campaign_id, live)
+                if total:
+                    log.warning("campaign %s: requeued %s rows of dead workers or of a broken loop (%s were in flight)",
+                                campaign_id, total, in_flight)
+                if seq is not None and seq.winner_after is not None:
+                    await sequences.decide_winners(ctx.pool, seq)
+                last_recovery, first_recovery = time.monotonic(), False
+            if not camp.audience_ready:
+                await fill_audience(ctx, camp)
+            if seq is not None and len(seq.steps) > 1:
+                await steps.write_next_steps(ctx.pool, camp, seq, tz, now)
+            wait = policy.window_wait(camp.send_window, now)
+            if wait > 0:
+                await campaigns.set_wait_reason(ctx.pool, campaign_id, "outside the sending window")
+                await _sleep(stop, min(wait, ctx.tuning.max_wait))
+                continue
+            # Independent reads, each on a connection of its own: one round trip's wait instead of four. A fresh
+            # book per batch: a template edited mid-campaign is used from the next batch on.
+            hold, (room, day_left), book, reply_address = await asyncio.gather(
+                policy.sender_hold(ctx.pool, camp.tenant_id, camp.from_email), _daily_room(ctx.pool, camp, tz, now),
+                load_template_book(ctx.pool, camp.tenant_id, camp.id),
+                ctx.pool.fetchval(q("tenant-reply-address"), camp.tenant_id))
+            if hold is not None:
+                await campaigns.set_wait_reason(ctx.pool, campaign_id, hold)
+                await _sleep(stop, ctx.tuning.max_wait)
+                continue
+            if room <= 0:
+                await campaigns.set_wait_reason(ctx.pool, campaign_id, "daily cap reached")
+                await _sleep(stop, min(day_left, ctx.tuning.max_wait))
+                continue
+            if camp.wait_reason is not None:
+                await campaigns.set_wait_reason(ctx.pool, campaign_id, None)
+            rows = await sends.claim(ctx.pool, campaign_id, ctx.worker_id, int(min(ctx.tuning.batch, room)), now=now)
+            if not rows:
+                if sending is not None:   # what the batch on the wire leaves (deferred, released) is looked at next
+                    wait, _ = await sending
+                    sending = None
+                    await _sleep(stop, min(wait, ctx.tuning.max_wait))
+                    continue
+                complete = steps.complete_if_done if seq is not None and len(seq.steps) > 1 else campaigns.complete_if_done
+                if await complete(ctx.pool, campaign_id):
+                    log.info("campaign %s completed", campaign_id)
+                    return "completed"
+                left = await sends.progress(ctx.pool, campaign_id)
+                pause = ctx.tuning.idle
+                if left["active"] == 0 and left["next_retry"] is not None:
+                    pause = max(0.05, (left["next_retry"] - ctx.clock()).total_seconds())
+                await _sleep(stop, min(pause, ctx.tuning.max_wait))
+                continue
+            batch = Batch(campaign=camp, day=today_in_timezone(tz, now), day_ends_in=seconds_until_tomorrow(tz, now),
+                          sequence=seq, timezone=tz, book=book, reply_address=reply_address)
+            staged = await process_batch(ctx, batch, TenantPolicy.from_settings(state["settings"]), book, rows)
+            wait = 0.0
+            if sending is not None:
+                wait, stopped = await sending
+                sending = None
+                if stopped:
+                    # The batch before ended the run (a pause, PowerMTA unreachable): this one waits untouched.
+                    await _give_back(ctx, batch, [(p, ip_id) for p, ip_id, _ in staged.picked], retry=False)
+                    await _sleep(stop, min(wait, ctx.tuning.max_wait))
+                    continue
+            if staged.picked:
+                sending = asyncio.ensure_future(_inject(ctx, batch, staged.picked))
+            wait = max(wait, staged.wait)
+            if wait > 0:
+                if sending is not None:
+                    wait = max(wait, (await sending)[0])
+                    sending = None
+                await _sleep(stop, min(wait, ctx.tuning.max_wait))
+        return "stopped"
+    except BaseException:
+        if sending is not None:
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+            sending = None
+        raise
+    finally:
+        if sending is not None:
+            await sending
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:
@@ -229,9 +264,17 @@ def _held(row: sends.Claimed) -> sends.Held:
     return sends.Held(row.id, row.claim_gen)
 
 
+class Staged(msgspec.Struct, kw_only=True):
+    """A batch past its checks and its grant: the rows to inject, each with its IP and VMTA."""
+
+    batch: Batch
+    picked: list[tuple[Prepared, int, str]]
+    wait: float = 0.0    # rows got no token: how long to wait after this batch (0 = go on)
+
+
 async def process_batch(ctx: Context, batch: Batch, tenant: TenantPolicy, book: TemplateBook,
-                        rows: list[sends.Claimed]) -> float:
-    """Run the checks on claimed rows and inject those that pass; return how long to wait (0 = go on)."""
+                        rows: list[sends.Claimed]) -> Staged:
+    """Run the checks on claimed rows and take the tokens of those that pass; `_inject` sends them."""
     campaign = batch.campaign
     now = ctx.clock()
     done: list[sends.Outcome] = []
@@ -267,7 +310,7 @@ async def process_batch(ctx: Context, batch: Batch, tenant: TenantPolicy, book: 
     if validating and ctx.expedite_validation is not None:
         await ctx.expedite_validation(campaign.tenant_id, validating)
     if not ready:
-        return 0.0
+        return Staged(batch=batch, picked=[])
 
     granted = await grants.grant(
         ctx.pool, ctx.redis, ctx.rotator, ctx.namespace, ctx.worker_id, tenant_id=campaign.tenant_id,
@@ -278,10 +321,10 @@ async def process_batch(ctx: Context, batch: Batch, tenant: TenantPolicy, book: 
     # counted, so the rows of other providers behind them keep flowing.
     await sends.release(ctx.pool, campaign.id, ctx.worker_id, [_held(p.row) for p in granted.held],
                         retry_at=granted.held_until)
-    wait = await _inject(ctx, batch, granted.picked)
+    wait = 0.0
     if granted.short:
-        wait = max(wait, granted.wait if math.isfinite(granted.wait) else ctx.tuning.max_wait)
-    return wait
+        wait = granted.wait if math.isfinite(granted.wait) else ctx.tuning.max_wait
+    return Staged(batch=batch, picked=granted.picked, wait=wait)
 
 
 def _prepare(ctx: Context, campaign: Campaign, book: TemplateBook, row: sends.Claimed,
@@ -348,8 +391,9 @@ class Results(msgspec.Struct, kw_only=True):
     refusals: list[tuple[int, str, str]] = msgspec.field(default_factory=list)
 
 
-async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, str]]) -> float:
-    """Hand the picked rows to the transport one chunk at a time, as a pipeline; return how long to wait.
+async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, str]]) -> tuple[float, bool]:
+    """Hand the picked rows to the transport one chunk at a time, as a pipeline; return how long to wait and
+    whether the campaign must stop sending for now (paused, or PowerMTA unreachable).
 
     While a chunk is on the wire, the next one is built and one statement records the results of the chunk
     before and marks the next as sending: the database works while PowerMTA does. A crash therefore leaves at
@@ -360,8 +404,9 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
     step = ctx.tuning.chunk
     pieces = [picked[start:start + step] for start in range(0, len(picked), step)]
     if not pieces:
-        return 0.0
+        return 0.0, False
     pending: list[sends.Outcome] = []
+    figures: list[tuple[int, int, int, int, int]] = []   # results not yet added to the health figures
     chunk = _build_chunk(ctx, campaign, pieces[0], batch)
     _keep_marked(chunk, await sends.advance(ctx.pool, campaign.id, ctx.worker_id, chunk.refused, chunk.in_flight))
     wait = 0.0
@@ -383,9 +428,13 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
             _keep_marked(upcoming, marked)
         results = _sort_results(ctx, chunk, answers)
         pending = [*to_record, *results.outcomes]
-        # The campaign's, its IPs' and its domain's figures move with every chunk; past a limit they pause.
-        paused = await health.record(ctx.pool, campaign.tenant_id, health.tallies(
-            [(campaign.id, ip_id, n, hard, 0) for ip_id, n, hard in results.final]))
+        # The campaign's, its IPs' and its domain's figures: past a limit they pause. Only a bad result (a hard
+        # bounce) can make a rate pass its limit (engine.health.record), so clean chunks' results are added
+        # with the first bad one, or once at the end of the batch: one statement per batch instead of per chunk.
+        figures.extend((campaign.id, ip_id, n, hard, 0) for ip_id, n, hard in results.final)
+        paused = []
+        if any(hard for _, _, hard in results.final):
+            paused = await _add_figures(ctx, campaign, figures)
         await backoff.observe(ctx.pool, campaign.tenant_id, results.refusals)
         if results.in_doubt:
             # retried like any soft failure; counted, since the server may have taken them before the cut
@@ -409,14 +458,23 @@ async def _inject(ctx: Context, batch: Batch, picked: list[tuple[Prepared, int, 
         if stop is not None:
             # Every later message would meet the same end: their tokens go back, their rows wait untouched.
             rest = [(p, ip_id) for piece in pieces[i + 1:] for p, ip_id, _ in piece]
+            await _add_figures(ctx, campaign, figures)
             await sends.record(ctx.pool, campaign.id, ctx.worker_id, pending)
             await _give_back(ctx, batch, rest, retry=False)
             log.warning("campaign %s: %s; %d rows of the batch released", campaign.id, stop, len(rest))
-            return wait
+            return wait, True
         if upcoming is not None:
             chunk = upcoming
+    await _add_figures(ctx, campaign, figures)
     await sends.record(ctx.pool, campaign.id, ctx.worker_id, pending)
-    return wait
+    return wait, False
+
+
+async def _add_figures(ctx: Context, campaign: Campaign, figures: list[tuple[int, int, int, int, int]]
+                       ) -> list[health.Paused]:
+    """Add the results gathered so far to the automatic pauses' figures (and empty the list)."""
+    found, figures[:] = health.tallies(figures), []
+    return await health.record(ctx.pool, campaign.tenant_id, found)
 
 
 def _keep_marked(chunk: Chunk, marked: set[int]) -> None:

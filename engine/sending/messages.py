@@ -36,16 +36,17 @@ def encode_words(value: str) -> str:
     """RFC 2047 B-encoding of a non-ASCII header value, split on character boundaries."""
     if _ascii(value):
         return value
-    words, chunk = [], b""
-    for ch in value:
-        b = ch.encode()
-        if len(chunk) + len(b) > _WORD_BYTES:
-            words.append(chunk)
-            chunk = b""
-        chunk += b
-    if chunk:
-        words.append(chunk)
-    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w).decode()}?=" for w in words)
+    data = value.encode()
+    words = []
+    start, end = 0, len(data)
+    while start < end:
+        cut = start + _WORD_BYTES
+        if cut < end:
+            while data[cut] & 0xC0 == 0x80:   # a UTF-8 continuation byte: cut before its character
+                cut -= 1
+        words.append(data[start:cut])
+        start = cut
+    return "\r\n ".join([f"=?utf-8?b?{base64.b64encode(w).decode()}?=" for w in words])
 
 
 def format_address(name: str | None, address: str) -> str:
@@ -62,8 +63,10 @@ def format_address(name: str | None, address: str) -> str:
 
 def _b64_body(data: bytes) -> bytes:
     """Base64 in CRLF-terminated lines of 76 characters (RFC 2045 §6.8), encoded in one call."""
-    encoded = base64.b64encode(data)
-    return b"".join([encoded[i:i + 76] + b"\r\n" for i in range(0, len(encoded), 76)])
+    encoded = memoryview(base64.b64encode(data))   # slices of a memoryview copy nothing before the join
+    if not encoded:
+        return b""
+    return b"\r\n".join([encoded[i:i + 76] for i in range(0, len(encoded), 76)]) + b"\r\n"
 
 
 # RFC 5322 §2.1.1: lines of at most 998 octets; a 7bit body must also be ASCII without NUL or bare CR/LF.

@@ -9,7 +9,7 @@ must record a send (its IP and day) as soon as its token is taken, before the SM
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 from redis.asyncio import Redis
@@ -30,26 +30,38 @@ ProviderUsedToday = Callable[[int, str, str], Awaitable[int]]
 
 # One hash per IP and day: `n` = tokens taken, `p:<provider>` = tokens taken for that provider, and `r` = 1
 # when the hash was rebuilt mid-day from a non-zero count (its provider fields are then unknown, not zero).
-# KEYS: 1 day hash, 2 rate bucket, [3 provider rate bucket]
-# ARGV: 1 n, 2 daily quota, 3 rate/s (0 = none), 4 burst, 5 provider field ("" = none),
-#       6 provider daily cap (-1 = none), 7 provider rate/s (0 = none), 8 provider burst, 9 now ("" = Redis TIME),
-#       10 "1" to seed an unknown provider count from the IP's day count (an upper bound of it)
-# Returns {granted, retry_after, reason, remaining today}; granted -1/-2 = IP/provider count missing.
-# retry_after "-1" means "not before the day ends". TIME makes the script non-deterministic, which is fine
-# since Redis 5 replicates scripts by their effects (the default, and the only mode in Redis 7).
+# One call takes for any number of IPs (a batch's whole rotation in one round trip); each IP's take is the
+# function below, and the script as a whole is atomic.
+# KEYS, three per IP: day hash, rate bucket, provider rate bucket (read only when the provider has a rate)
+# ARGV: 1 now ("" = Redis TIME), then nine per IP: n, daily quota, rate/s (0 = none), burst, provider field
+#       ("" = none), provider daily cap (-1 = none), provider rate/s (0 = none), provider burst, and "1" to seed
+#       an unknown provider count from the IP's day count (an upper bound of it)
+# Returns four values per IP: granted, retry_after, reason, remaining today; granted -1/-2 = IP/provider count
+# missing (nothing taken for that IP). retry_after "-1" means "not before the day ends". TIME makes the script
+# non-deterministic, which is fine since Redis 5 replicates scripts by their effects (the default, and the only
+# mode in Redis 7).
 _TAKE_LUA = b"""
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[1])
+end
+
+local function bucket(key, r, cap)
+  local b = redis.call('HMGET', key, 't', 'ts')
+  if not b[1] then return cap, now end
+  local last = tonumber(b[2])
+  return math.min(cap, tonumber(b[1]) + math.max(0, now - last) * r), math.max(now, last)
+end
+
+local function take(KEYS, ARGV)
 local n = tonumber(ARGV[1])
 local quota = tonumber(ARGV[2])
 local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
 local pfield, pcap = ARGV[5], tonumber(ARGV[6])
 local prate, pburst = tonumber(ARGV[7]), tonumber(ARGV[8])
-local now
-if ARGV[9] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-else
-  now = tonumber(ARGV[9])
-end
 
 local used = redis.call('HGET', KEYS[1], 'n')
 if not used then return {-1, '0', 'rebuild', 0} end
@@ -61,7 +73,7 @@ if capped then
   if not p then
     if redis.call('HGET', KEYS[1], 'r') ~= '1' then
       p = 0
-    elseif ARGV[10] == '1' then
+    elseif ARGV[9] == '1' then
       p = used
       redis.call('HSET', KEYS[1], pfield, p)
     else
@@ -69,13 +81,6 @@ if capped then
     end
   end
   pused = tonumber(p)
-end
-
-local function bucket(key, r, cap)
-  local b = redis.call('HMGET', key, 't', 'ts')
-  if not b[1] then return cap, now end
-  local last = tonumber(b[2])
-  return math.min(cap, tonumber(b[1]) + math.max(0, now - last) * r), math.max(now, last)
 end
 
 local grant, reason = n, 'ok'
@@ -122,6 +127,14 @@ if grant < n then
   end
 end
 return {grant, string.format('%.6f', wait), reason, math.max(0, quota - used - grant)}
+end
+
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local got = take({KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]}, {unpack(ARGV, 2 + 9 * i, 10 + 9 * i)})
+  for j = 1, 4 do out[4 * i + j] = got[j] end
+end
+return out
 """
 
 # KEYS: 1 day hash; ARGV: 1 count, 2 ttl, 3 provider field ("" = seed the IP's count `n`).
@@ -232,6 +245,19 @@ def _call(namespace: str, ip_id: int, day: str, rate_per_sec: float | None, rate
                  cap.per_day if cap.per_day is not None else -1, prate, pburst)
 
 
+class Take(msgspec.Struct, frozen=True, kw_only=True):
+    """One IP's share of a `take_many`: up to `n` tokens (its limits as for `take`)."""
+
+    ip_id: int
+    n: int
+    daily_quota: int
+    rate_per_sec: float | None = None
+    rate_per_min: float | None = None
+    burst: float | None = None
+    provider: str | None = None
+    provider_cap: ProviderCap | None = None
+
+
 async def take(
     redis: Redis,
     namespace: str,
@@ -255,26 +281,59 @@ async def take(
     `provider_used_today`, a provider count lost with a mid-day rebuild is assumed to be the IP's whole day
     (an upper bound), so the provider cap errs on the safe side. `now` (epoch seconds) overrides Redis TIME.
     """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    call = _call(namespace, ip_id, day, rate_per_sec, rate_per_min, burst, provider, provider_cap)
-    args = [n, daily_quota, repr(call.rate), repr(call.burst), call.field, call.pcap, repr(call.prate),
-            repr(call.pburst), "" if now is None else repr(now), "0" if provider_used_today else "1"]
+    one = Take(ip_id=ip_id, n=n, daily_quota=daily_quota, rate_per_sec=rate_per_sec, rate_per_min=rate_per_min,
+               burst=burst, provider=provider, provider_cap=provider_cap)
+    return (await take_many(redis, namespace, day, [one], used_today=used_today,
+                            provider_used_today=provider_used_today, now=now))[0]
+
+
+async def take_many(redis: Redis, namespace: str, day: str, takes: Sequence[Take], *, used_today: UsedToday,
+                    provider_used_today: ProviderUsedToday | None = None, now: float | None = None) -> list[Grant]:
+    """`take` for several IPs in one script call (one Redis round trip); the grants in the order given.
+
+    An IP whose counter is missing is rebuilt through `used_today` (or `provider_used_today`) and taken again
+    with the others that were, in one more call."""
+    for t in takes:
+        if t.n < 1:
+            raise ValueError(f"n must be at least 1, got {t.n}")
+    calls = [_call(namespace, t.ip_id, day, t.rate_per_sec, t.rate_per_min, t.burst, t.provider, t.provider_cap)
+             for t in takes]
+    if not takes:
+        return []
+    seed = "0" if provider_used_today else "1"
+    grants: list[Grant | None] = [None] * len(takes)
+    todo = list(range(len(takes)))
     for _ in range(MAX_REBUILDS + 1):
-        granted, wait, reason, remaining = await _TAKE(call.keys, args, client=redis)
-        if granted == -1:
-            count = await used_today(ip_id, day)
-            await _SEED(call.keys[:1], [count, DAY_TTL_SECONDS, ""], client=redis)
-            continue
-        if granted == -2:
-            assert provider_used_today is not None and provider is not None
-            count = await provider_used_today(ip_id, day, provider)
-            await _SEED(call.keys[:1], [count, DAY_TTL_SECONDS, call.field], client=redis)
-            continue
-        retry = float(wait)
-        return Grant(granted=int(granted), retry_after=math.inf if retry < 0 else retry,
-                     reason=reason.decode() if isinstance(reason, bytes) else reason, remaining=int(remaining))
-    raise RuntimeError(f"quota counter for IP {ip_id} on {day} vanished {MAX_REBUILDS} times while rebuilding")
+        keys: list[str] = []
+        args: list[str | int] = ["" if now is None else repr(now)]
+        for i in todo:
+            call = calls[i]
+            keys += call.keys if len(call.keys) == 3 else [*call.keys, call.keys[0]]  # third key unread
+            args += [takes[i].n, takes[i].daily_quota, repr(call.rate), repr(call.burst), call.field, call.pcap,
+                     repr(call.prate), repr(call.pburst), seed]
+        answer = await _TAKE(keys, args, client=redis)
+        lost = []
+        for k, i in enumerate(todo):
+            granted, wait, reason, remaining = answer[4 * k:4 * k + 4]
+            if granted == -1:
+                count = await used_today(takes[i].ip_id, day)
+                await _SEED(calls[i].keys[:1], [count, DAY_TTL_SECONDS, ""], client=redis)
+                lost.append(i)
+            elif granted == -2:
+                assert provider_used_today is not None and takes[i].provider is not None
+                count = await provider_used_today(takes[i].ip_id, day, takes[i].provider)
+                await _SEED(calls[i].keys[:1], [count, DAY_TTL_SECONDS, calls[i].field], client=redis)
+                lost.append(i)
+            else:
+                retry = float(wait)
+                grants[i] = Grant(granted=int(granted), retry_after=math.inf if retry < 0 else retry,
+                                  reason=reason.decode() if isinstance(reason, bytes) else reason,
+                                  remaining=int(remaining))
+        if not lost:
+            return grants  # type: ignore[return-value]  # every slot is filled
+        todo = lost
+    ip_ids = ", ".join(str(takes[i].ip_id) for i in todo)
+    raise RuntimeError(f"quota counter for IP {ip_ids} on {day} vanished {MAX_REBUILDS} times while rebuilding")
 
 
 async def refund(

@@ -89,15 +89,31 @@ def smooth_weighted_sequence(peers: Sequence[tuple[K, int]], n: int, current: di
     keys = [key for key, _ in peers]
     weights = [weight for _, weight in peers]
     total = sum(weights)
-    values = [state.get(key, 0) for key in keys]
+    start = [state.get(key, 0) for key in keys]
+    values = start
     picks: list[K] = []
-    for _ in range(n):
+    for step in range(1, n + 1):
         values = list(map(add, values, weights))
         best = values.index(max(values))   # the first of equals: ties go to the earlier peer
         values[best] -= total
         picks.append(keys[best])
+        if step == total and step < n and values == start:
+            # Back where it began (every peer picked `weight` times, as from a fresh state): the picks repeat,
+            # so the rest is copied, and the final state is the one `n % total` steps in.
+            full, rest = divmod(n, total)
+            picks = picks * full + picks[:rest]
+            values = _swrr_state(start, weights, total, rest)
+            break
     state.update(zip(keys, values, strict=True))
     return picks
+
+
+def _swrr_state(values: list[int], weights: list[int], total: int, n: int) -> list[int]:
+    """The round-robin state `n` steps after `values`."""
+    for _ in range(n):
+        values = list(map(add, values, weights))
+        values[values.index(max(values))] -= total
+    return values
 
 
 class _Pocket(msgspec.Struct):
@@ -122,8 +138,8 @@ class Rotator:
     Holds in-process state: the round-robin position per tenant, which IPs are out until when, and (with
     `reserve` > 0) tokens taken ahead per IP to save Redis calls. Call `close` to refund those. Tokens held
     ahead are invisible to the send log, so a Redis loss while they are held could let an IP exceed its day
-    by at most `reserve` per worker: leave `reserve` at 0 where that matters; `pick(n)` already takes each
-    IP's share of a batch in one call.
+    by at most `reserve` per worker: leave `reserve` at 0 where that matters; `pick(n)` already takes every
+    IP's share of a batch in one Redis call.
     """
 
     def __init__(
@@ -185,9 +201,8 @@ class Rotator:
             by_id = {c.ip_id: c for c in eligible}
             order = smooth_weighted_sequence([(c.ip_id, c.weight) for c in eligible], n - len(picks), state)
             need = Counter(order)
-            got = await asyncio.gather(*(
-                self._acquire(redis, by_id[ip_id], k, day, day_ends_in, provider, provider_cap, rebuild, on_grant)
-                for ip_id, k in need.items()))
+            got = await self._acquire(redis, [(by_id[ip_id], k) for ip_id, k in need.items()], day, day_ends_in,
+                                      provider, provider_cap, rebuild, on_grant)
             left = dict(zip(need, got, strict=True))
             # An IP that came up short sits out the rest of this call even if its wait is already over,
             # so a nearly-refilled bucket is never polled in a busy loop.
@@ -206,36 +221,45 @@ class Rotator:
         pockets, self._pockets = self._pockets, {}
         await asyncio.gather(*(self._refund(redis, key, pocket) for key, pocket in pockets.items()))
 
-    async def _acquire(self, redis: Redis, c: Candidate, k: int, day: str, day_ends_in: float,
+    async def _acquire(self, redis: Redis, wants: Sequence[tuple[Candidate, int]], day: str, day_ends_in: float,
                        provider: str | None, cap: ProviderCap | None, used_today: quotas.UsedToday,
-                       on_grant: Callable[[int, int], None] | None) -> int:
-        """Up to `k` tokens for one IP, from its pocket first; marks the IP out when short."""
-        key = (c.ip_id, day, provider)
-        pocket = self._pockets.get(key)
-        have = pocket.count if pocket else 0
-        if have >= k:
-            assert pocket is not None
-            pocket.count -= k
-            return k
-        grant = await quotas.take(
-            redis, self.namespace, c.ip_id, day, k - have + self.reserve, daily_quota=c.daily_quota,
-            used_today=used_today, rate_per_min=c.rate_per_min, burst=c.burst, provider=provider,
-            provider_cap=cap, provider_used_today=self._provider_used_today,
-            now=self._redis_now() if self._redis_now else None)
-        if on_grant is not None and grant.granted:
-            on_grant(c.ip_id, grant.granted)
-        total = have + grant.granted
-        use = min(k, total)
-        if total - use:
-            self._pockets[key] = _Pocket(count=total - use, candidate=c, cap=cap)
-        else:
-            self._pockets.pop(key, None)
-        if use < k:
-            wait = day_ends_in if math.isinf(grant.retry_after) else grant.retry_after
-            # An IP-wide limit benches the IP for every provider; a provider limit only for that provider.
-            mark = (c.ip_id, day, provider if grant.reason.startswith("provider") else None)
-            self._out[mark] = _Out(until=self._clock() + wait, daily_quota=c.daily_quota, reason=grant.reason)
-        return use
+                       on_grant: Callable[[int, int], None] | None) -> list[int]:
+        """Up to `k` tokens for each (IP, k), from its pocket first, then from Redis in one call for all the
+        IPs whose pocket is short; marks an IP out when it comes up short."""
+        have = [self._pockets[key].count if (key := (c.ip_id, day, provider)) in self._pockets else 0
+                for c, _ in wants]
+        asks = [i for i, (_, k) in enumerate(wants) if have[i] < k]
+        takes = [quotas.Take(ip_id=wants[i][0].ip_id, n=wants[i][1] - have[i] + self.reserve,
+                             daily_quota=wants[i][0].daily_quota, rate_per_min=wants[i][0].rate_per_min,
+                             burst=wants[i][0].burst, provider=provider, provider_cap=cap) for i in asks]
+        grants = await quotas.take_many(
+            redis, self.namespace, day, takes, used_today=used_today,
+            provider_used_today=self._provider_used_today,
+            now=self._redis_now() if self._redis_now else None) if takes else []
+        granted = dict(zip(asks, grants, strict=True))
+        uses = []
+        for i, (c, k) in enumerate(wants):
+            key = (c.ip_id, day, provider)
+            grant = granted.get(i)
+            if grant is None:   # the pocket holds enough
+                self._pockets[key].count -= k
+                uses.append(k)
+                continue
+            if on_grant is not None and grant.granted:
+                on_grant(c.ip_id, grant.granted)
+            total = have[i] + grant.granted
+            use = min(k, total)
+            if total - use:
+                self._pockets[key] = _Pocket(count=total - use, candidate=c, cap=cap)
+            else:
+                self._pockets.pop(key, None)
+            if use < k:
+                wait = day_ends_in if math.isinf(grant.retry_after) else grant.retry_after
+                # An IP-wide limit benches the IP for every provider; a provider limit only for that provider.
+                mark = (c.ip_id, day, provider if grant.reason.startswith("provider") else None)
+                self._out[mark] = _Out(until=self._clock() + wait, daily_quota=c.daily_quota, reason=grant.reason)
+            uses.append(use)
+        return uses
 
     def _out_mark(self, c: Candidate, day: str, provider: str | None) -> _Out | None:
         """The live out-mark that benches this IP now, if any."""

@@ -83,6 +83,14 @@ class Stamp(msgspec.Struct, frozen=True):
     vmta: str
 
 
+def _json(rows: Sequence[msgspec.Struct]) -> str:
+    """Rows as the JSON array a query reads with jsonb_to_recordset (one field per column, by name)."""
+    return _ENCODER.encode(rows).decode()
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
 async def claim(db: Db, campaign_id: int, worker_id: str, n: int, *, now: dt.datetime | None = None) -> list[Claimed]:
     """Up to `n` rows that are due at `now` (default: the database's clock)."""
     return [Claimed(**r) for r in await db.fetch(q("claim-sends"), campaign_id, worker_id, n, now)]
@@ -92,8 +100,7 @@ async def stamp(db: asyncpg.Connection, stamps: Sequence[Stamp], worker_id: str)
     """Write each row's quota grant (inside the grant transaction); return the rows still held and stamped."""
     if not stamps:
         return set()
-    rows = await db.fetch(q("stamp-sends"), [s.id for s in stamps], [s.gen for s in stamps],
-                          [s.ip_id for s in stamps], [s.vmta for s in stamps], worker_id)
+    rows = await db.fetch(q("stamp-sends"), _json(stamps), worker_id)
     return {r["id"] for r in rows}
 
 
@@ -105,14 +112,7 @@ async def advance(db: Db, campaign_id: int, worker_id: str, outcomes: Sequence[O
     """
     if not outcomes and not sending:
         return set()
-    row = await db.fetchrow(
-        q("record-and-mark"), [o.id for o in outcomes], [o.gen for o in outcomes], [o.status for o in outcomes],
-        [o.attempted for o in outcomes], [o.code for o in outcomes], [o.enhanced for o in outcomes],
-        [o.detail for o in outcomes], [o.next_attempt_at for o in outcomes], [o.category for o in outcomes],
-        [o.waiting for o in outcomes],
-        [r.id for r in sending], [r.gen for r in sending], [r.template_id for r in sending],
-        [r.template_version for r in sending], [r.message_id for r in sending], [r.language for r in sending],
-        worker_id)
+    row = await db.fetchrow(q("record-and-mark"), _json(outcomes), _json(sending), worker_id)
     stale = len(outcomes) - row["recorded"]
     if stale:
         await count_stale(db, campaign_id, stale)

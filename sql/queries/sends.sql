@@ -23,18 +23,24 @@ RETURNING s.id, s.claim_gen, s.contact_id, s.attempts, s.waiting_since, c.email,
 -- name: stamp-sends
 -- The quota grant written on the rows before anything is injected: the IP (VMTA) and when its token was
 -- taken. Runs inside the grant transaction (grants.sql), fenced like every write; returns the rows stamped.
+-- The rows come as one JSON array ($1, text: whatever jsonb codec the connection has), which costs the
+-- worker a fraction of encoding one array per column. `status::text`: compared as text so the rows are found
+-- by id; the statistics see almost no 'claimed' rows, and a plan through the status index then compared
+-- every row the workers hold with every row given (record-and-mark of 64 + 64 rows with 1,024 held: 19.7 ms
+-- instead of 5.0).
 UPDATE sends s SET ip_id = u.ip_id, vmta = u.vmta, ip_assigned_at = now()
-FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[]) AS u(id, gen, ip_id, vmta)
-WHERE s.id = u.id AND s.claimed_by = $5 AND s.claim_gen = u.gen AND s.status = 'claimed'
+FROM jsonb_to_recordset($1::text::jsonb) AS u(id bigint, gen int, ip_id bigint, vmta text)
+WHERE s.id = u.id AND s.claimed_by = $2 AND s.claim_gen = u.gen AND s.status::text = 'claimed'
 RETURNING s.id;
 
 -- name: record-and-mark
--- One statement, one commit: the SMTP results of a chunk already answered ($1..$10; also skipped, held and
--- failed rows) and the 'sending' mark of the next chunk to hand to SMTP ($11..$16), run while the chunk in
+-- One statement, one commit: the SMTP results of a chunk already answered ($1; also skipped, held and
+-- failed rows) and the 'sending' mark of the next chunk to hand to SMTP ($2), run while the chunk in
 -- between is on the wire. From the mark on a crash leaves a row ambiguous; recording in the same commit keeps
--- the ambiguous rows to two chunks. Both halves are fenced: only rows this worker ($17) still holds in the generation it
+-- the ambiguous rows to two chunks. Both halves are fenced: only rows this worker ($3) still holds in the generation it
 -- claimed are written, so a worker whose rows were taken back writes nothing; the caller sends only the
--- rows marked and counts the results dropped. Either half may be empty.
+-- rows marked and counts the results dropped. Either half may be empty. Rows come as JSON arrays, and the
+-- status is compared as text, as in stamp-sends.
 WITH recorded AS (
     UPDATE sends s
     SET status = u.status::send_status,
@@ -48,18 +54,18 @@ WITH recorded AS (
         injected_at = CASE WHEN u.status = 'injected' THEN now() ELSE s.injected_at END,
         finished_at = CASE WHEN u.status IN ('injected', 'failed', 'skipped') THEN now() ELSE NULL END,
         claimed_by = NULL
-    FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::int[], $6::text[], $7::text[],
-                $8::timestamptz[], $9::text[], $10::bool[])
-         AS u(id, gen, status, attempted, code, enhanced, detail, next_attempt_at, category, waiting)
-    WHERE s.id = u.id AND s.claimed_by = $17 AND s.claim_gen = u.gen AND s.status IN ('claimed', 'sending')
+    FROM jsonb_to_recordset($1::text::jsonb)
+         AS u(id bigint, gen int, status text, attempted int, code int, enhanced text, detail text,
+              next_attempt_at timestamptz, category text, waiting bool)
+    WHERE s.id = u.id AND s.claimed_by = $3 AND s.claim_gen = u.gen AND s.status IN ('claimed', 'sending')
     RETURNING s.id
 ), marked AS (
     UPDATE sends s
     SET status = 'sending', template_id = u.template_id, template_version = u.template_version,
         message_id = u.message_id, language = u.language
-    FROM unnest($11::bigint[], $12::int[], $13::bigint[], $14::int[], $15::text[], $16::text[])
-         AS u(id, gen, template_id, template_version, message_id, language)
-    WHERE s.id = u.id AND s.claimed_by = $17 AND s.claim_gen = u.gen AND s.status = 'claimed'
+    FROM jsonb_to_recordset($2::text::jsonb)
+         AS u(id bigint, gen int, template_id bigint, template_version int, message_id text, language text)
+    WHERE s.id = u.id AND s.claimed_by = $3 AND s.claim_gen = u.gen AND s.status::text = 'claimed'
     RETURNING s.id
 )
 SELECT (SELECT count(*) FROM recorded) AS recorded, (SELECT coalesce(array_agg(id), '{}') FROM marked) AS marked;
