@@ -167,7 +167,8 @@ def injector_bench(args: argparse.Namespace) -> None:
 # part 2: whole campaign ---------------------------------------------------------------------------------
 BENCH_DB = os.environ.get("EMAIL_ENGINE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BENCH_REDIS = os.environ.get("EMAIL_ENGINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-CAMPAIGN_TARGET = 0.25
+CAMPAIGN_TARGET = 0.35
+CPU_TARGET_US = 90
 
 
 def _with_db(url: str, name: str) -> str:
@@ -289,16 +290,21 @@ def campaign_bench(args: argparse.Namespace) -> None:
     port = free_port()
     sink = start_sink(port)
     try:
+        # the baseline on both sides of the campaign: a machine whose load changes during the run moves both
+        baseline = min(args.contacts, 50_000)
+        before = bench_smtp_source(port, baseline, args.size, args.connections)
         result = asyncio.run(_campaign(args, port))
-        source = bench_smtp_source(port, min(args.contacts, 50_000), args.size, args.connections)
+        after = bench_smtp_source(port, baseline, args.size, args.connections)
     finally:
         stop_sink(sink)
+    source = (before + after) / 2
     ratio = result["rate"] / source
     print(f"whole campaign: {args.contacts:,} contacts, 9 languages, 50 IPs, {args.connections} connections")
-    print(f"(a) smtp-source (C):   {source:10,.0f} msgs/s")
+    print(f"(a) smtp-source (C):   {source:10,.0f} msgs/s   (mean of {before:,.0f} before and {after:,.0f} after)")
     print(f"(b) campaign:          {result['rate']:10,.0f} msgs/s   {result['seconds']:.1f} s start->final"
           f"   {result['cpu_us']:.0f} µs worker CPU/msg   worker peak RSS {result['rss_mb']:.0f} MB")
-    print(f"ratio campaign / smtp-source = {ratio:.2f} (target >= {CAMPAIGN_TARGET})")
+    print(f"ratio campaign / smtp-source = {ratio:.2f} (target >= {CAMPAIGN_TARGET}); "
+          f"worker CPU {result['cpu_us']:.0f} µs/msg (target <= {CPU_TARGET_US})")
 
 
 def main(argv: list[str] | None = None) -> None:
