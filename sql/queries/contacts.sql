@@ -11,6 +11,9 @@ SELECT id, tenant_id FROM data_sources WHERE id = ANY($1::bigint[]);
 -- custom fields are merged, the first data source stays), leave erased ones alone, and record an event per
 -- created or changed contact. `xmax = 0` tells an inserted row from an updated one; the `old` CTE reads the
 -- snapshot from before the statement, so it holds the previous values (and the erased status) of known rows.
+-- `old` probes the unique index once per input row (the LIMIT keeps the planner from flattening the lateral
+-- join): as a join it was planned as a hash over a sequential scan of every contact, which made each batch
+-- slower than the last (0.2 s of a 0.35 s batch at 200,000 contacts).
 -- The batch is deduplicated by the caller: ON CONFLICT may not touch one row twice in a statement.
 WITH input AS (
     SELECT *
@@ -20,9 +23,14 @@ WITH input AS (
                               website, country, language, category, custom, ord)
 ),
 old AS (
-    SELECT o.id, o.tenant_id, o.email_hash, o.status, o.first_name, o.last_name, o.company, o.website,
-           o.country, o.language, o.category, o.custom
-    FROM contacts o JOIN input i ON o.tenant_id = i.tenant_id AND o.email_hash = i.email_hash
+    SELECT o.*
+    FROM input i
+    CROSS JOIN LATERAL (
+        SELECT c.id, c.tenant_id, c.email_hash, c.status, c.first_name, c.last_name, c.company, c.website,
+               c.country, c.language, c.category, c.custom
+        FROM contacts c WHERE c.tenant_id = i.tenant_id AND c.email_hash = i.email_hash
+        LIMIT 1
+    ) o
 ),
 up AS (
     INSERT INTO contacts AS c (tenant_id, data_source_id, email, email_hash, first_name, last_name, company,
