@@ -11,9 +11,17 @@ SELECT transport::text AS transport, settings FROM tenants WHERE id = $1;
 
 -- name: contacts-to-validate
 -- Only contacts still pending: an operator's status set meanwhile is never overwritten by the job.
-SELECT id, email, validation_tries FROM contacts
-WHERE tenant_id = $1 AND id = ANY($2::bigint[]) AND status = 'pending' AND email IS NOT NULL
-ORDER BY id;
+-- Each id is probed through the primary key (the LIMIT keeps the planner from flattening the lateral join):
+-- planned on its own, the tenant's pending contacts were read through contacts_tenant_status, whose
+-- entries for contacts validated since stay until a vacuum, so a batch read every contact validated before
+-- it (39 ms of index walk at 200,000 contacts for 2,500 pending rows).
+SELECT c.id, c.email, c.validation_tries
+FROM (SELECT DISTINCT unnest($2::bigint[]) AS id) wanted
+CROSS JOIN LATERAL (
+    SELECT id, email, validation_tries, tenant_id, status FROM contacts WHERE id = wanted.id LIMIT 1
+) c
+WHERE c.tenant_id = $1 AND c.status = 'pending' AND c.email IS NOT NULL
+ORDER BY c.id;
 
 -- name: apply-verdicts
 -- Every verdict of a batch in one statement, with its event and, for MailWizz tenants, the outbox row of
