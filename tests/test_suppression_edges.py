@@ -1,10 +1,11 @@
 """Suppression and unsubscribe headers at their edges: what mutation testing (mutation/run.sh) showed the
 other tests let change. An erased contact stays erased whatever is suppressed later; a mailto given with
-or without its scheme makes one valid List-Unsubscribe URI.
+or without its scheme makes one valid List-Unsubscribe URI; a page holds no more than its limit.
 """
 
 from __future__ import annotations
 
+from engine import suppression
 from engine.unsubscribe import list_unsubscribe_headers
 
 
@@ -24,3 +25,14 @@ def test_a_mailto_with_or_without_its_scheme_is_one_uri() -> None:
         headers = list_unsubscribe_headers("https://engine.example/", "tok", mailto)
         assert headers["List-Unsubscribe"] == \
             "<https://engine.example/u/tok>, <mailto:unsubscribe@sos-expat.example>"
+
+
+async def test_a_page_stops_at_its_limit(db) -> None:
+    tenant_id = await db.fetchval("INSERT INTO tenants (slug, name) VALUES ('pages', 'Pages') RETURNING id")
+    await suppression.add_suppressions(db, tenant_id, ["a@example.com", "b@example.com", "c@example.com"],
+                                       reason="manual")
+    first = await suppression.list_suppressions(db, tenant_id, limit=2)
+    assert [s.value for s in first.items] == ["a@example.com", "b@example.com"]
+    assert first.next_cursor == str(first.items[-1].id)
+    rest = await suppression.list_suppressions(db, tenant_id, cursor=first.next_cursor, limit=2)
+    assert ([s.value for s in rest.items], rest.next_cursor) == (["c@example.com"], None)
