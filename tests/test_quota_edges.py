@@ -77,3 +77,12 @@ async def test_a_small_hourly_cap_lets_one_message_go_at_once(redis_and_ns):
     assert (first.granted, first.reason, first.retry_after) == (1, "provider_rate", pytest.approx(600.0))
     later = await quotas.take(r, ns, 1, DAY, 5, daily_quota=100, used_today=nothing_sent, now=600.0, **cap)
     assert later.granted == 1
+
+
+async def test_a_rate_below_one_a_second_refills_at_its_own_pace(redis_and_ns):
+    r, ns = redis_and_ns
+    kw = dict(daily_quota=100, used_today=nothing_sent, rate_per_sec=0.5)
+    assert (await quotas.take(r, ns, 1, DAY, 1, now=0.0, **kw)).granted == 1
+    short = await quotas.take(r, ns, 1, DAY, 1, now=1.0, **kw)
+    assert (short.granted, short.reason, short.retry_after) == (0, "rate", pytest.approx(1.0))
+    assert (await quotas.take(r, ns, 1, DAY, 1, now=2.0, **kw)).granted == 1
