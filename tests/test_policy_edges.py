@@ -3,12 +3,14 @@
 Each case is a decision that costs a sender its reputation when it goes the other way: a bounce that is hard
 read as anything else keeps an address mailed; a contact without an address, or one whose validation wait
 is over, must not be held or mailed; a paused From domain holds its own tenant's campaigns however the
-address spells it (the campaign tests in test_sending_core.py run whole campaigns, too slow for mutmut).
+address spells it (the campaign tests in test_sending_core.py run whole campaigns, too slow for mutmut);
+a sending window opens and closes at its minute, in its timezone, across midnight too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -52,6 +54,38 @@ def test_the_validation_wait_ends_exactly_at_its_length() -> None:
                       waiting_since=NOW - dt.timedelta(hours=24) + dt.timedelta(seconds=1))
     assert policy.verdict(just_before, set(), wait, NOW) == \
         Hold("waiting for the contact's validation", VALIDATION_RECHECK_SECONDS)
+
+
+def _at(hhmmss: str, tz: str = "UTC") -> dt.datetime:
+    return dt.datetime.fromisoformat(f"2026-11-02T{hhmmss}").replace(tzinfo=ZoneInfo(tz))
+
+
+DAYTIME = {"start": "09:00", "end": "17:00", "timezone": "UTC"}
+OVERNIGHT = {"start": "22:00", "end": "06:00", "timezone": "UTC"}
+
+
+@pytest.mark.parametrize(("window", "now", "seconds"), [
+    (None, _at("03:00:00"), 0.0),
+    ({}, _at("03:00:00"), 0.0),
+    (DAYTIME, _at("09:00:00"), 0.0),                  # open from its first minute
+    (DAYTIME, _at("16:59:59"), 0.0),
+    (DAYTIME, _at("17:00:00"), 16 * 3600.0),          # closed at its end: tomorrow 09:00
+    (DAYTIME, _at("08:00:30.5"), 3569.5),             # to the opening minute, not the current second
+    (DAYTIME, _at("18:00:00"), 15 * 3600.0),
+    (OVERNIGHT, _at("23:00:00"), 0.0),
+    (OVERNIGHT, _at("05:59:59"), 0.0),
+    (OVERNIGHT, _at("06:00:00"), 16 * 3600.0),        # closed from its end to tonight's opening
+    (OVERNIGHT, _at("12:00:00"), 10 * 3600.0),
+    # the window's own timezone (Paris is UTC+1 in November), UTC when none is given
+    ({"start": "09:00", "end": "17:00", "timezone": "Europe/Paris"}, _at("07:30:00"), 1800.0),
+    ({"start": "09:00", "end": "17:00", "timezone": "Europe/Paris"}, _at("08:30:00"), 0.0),
+    ({"start": "09:00", "end": "17:00", "timezone": "Europe/Paris"}, _at("16:30:00"), 15.5 * 3600),
+    ({"start": "09:00", "end": "17:00"}, _at("08:30:00", "Europe/Paris"), 5400.0),  # 07:30 UTC
+    ({"start": "09:00", "end": "17:00", "timezone": None}, _at("08:30:00"), 1800.0),
+    ({"start": "09:30", "end": "17:00", "timezone": "UTC"}, _at("09:00:00"), 1800.0),
+])
+def test_window_wait(window, now, seconds) -> None:
+    assert policy.window_wait(window, now) == pytest.approx(seconds)
 
 
 async def _domain(db, tenant_id: int, name: str, **state) -> None:
