@@ -4,7 +4,8 @@ Each case is a decision that costs a sender its reputation when it goes the othe
 read as anything else keeps an address mailed; a contact without an address, or one whose validation wait
 is over, must not be held or mailed; a paused From domain holds its own tenant's campaigns however the
 address spells it (the campaign tests in test_sending_core.py run whole campaigns, too slow for mutmut);
-a sending window opens and closes at its minute, in its timezone, across midnight too.
+a sending window opens and closes at its minute, in its timezone, across midnight too; a tenant's auto-pause
+override changes the limit it names and nothing else, and a broken one leaves its target at the default.
 """
 
 from __future__ import annotations
@@ -56,6 +57,25 @@ def test_the_validation_wait_ends_exactly_at_its_length() -> None:
         Hold("waiting for the contact's validation", VALIDATION_RECHECK_SECONDS)
 
 
+def test_a_tenants_auto_pause_override_changes_what_it_names() -> None:
+    default = policy.AutoPause()
+    read = TenantPolicy.from_settings({"auto_pause": {"campaign": {"hard_bounce_rate": 0.05},
+                                                      "domain": {"min_results": 50, "complaint_rate": 0.01}}})
+    assert read.auto_pause == policy.AutoPause(
+        campaign=policy.Limits(hard_bounce_rate=0.05, complaint_rate=0.001, min_results=200),
+        ip=default.ip,
+        domain=policy.Limits(hard_bounce_rate=0.05, complaint_rate=0.01, min_results=50))
+    assert TenantPolicy.from_settings({"auto_pause": {}}).auto_pause == default
+
+
+def test_a_broken_auto_pause_override_keeps_its_targets_default_not_no_limit() -> None:
+    stored = {"campaign": {"hard_bounce_rate": 2}, "ip": {"min_results": "many"}, "domain": None,
+              "unknown": {"min_results": 1}}
+    assert policy.auto_pause(stored) == policy.AutoPause()
+    mixed = policy.auto_pause({"campaign": {"threshold": 1}, "ip": {"complaint_rate": 0.002}})
+    assert (mixed.campaign, mixed.ip.complaint_rate) == (policy.AutoPause().campaign, 0.002)
+
+
 def _at(hhmmss: str, tz: str = "UTC") -> dt.datetime:
     return dt.datetime.fromisoformat(f"2026-11-02T{hhmmss}").replace(tzinfo=ZoneInfo(tz))
 
@@ -104,11 +124,13 @@ async def test_sender_hold_reads_the_from_domain_as_the_domains_table_spells_it(
     one, two = two_tenants
     await _domain(db, one, "paused.example", paused_reason="auto-paused: complaints")
     await _domain(db, one, "clean.example")
+    await _domain(db, one, "paused.box", paused_reason="manual")
     await _domain(db, two, "theirs.example", paused_reason="manual")
     held = "domain paused.example is paused: auto-paused: complaints"
     # the domain is what follows the last "@", trimmed, without its root dot, lower-cased
     for from_email in ("news@paused.example", '"a@b"@paused.example', "news@Paused.Example.", " news@PAUSED.example "):
         assert await policy.sender_hold(db, one, from_email) == held, from_email
+    assert await policy.sender_hold(db, one, "news@PAUSED.BOX.") == "domain paused.box is paused: manual"
     assert await policy.sender_hold(db, one, "news@clean.example") is None
     assert await policy.sender_hold(db, one, "news@unknown.example") is None
     # another tenant's paused domain holds only that tenant's campaigns
