@@ -1,11 +1,15 @@
 """Suppression and unsubscribe headers at their edges: what mutation testing (mutation/run.sh) showed the
 other tests let change. An erased contact stays erased whatever is suppressed later; a mailto given with
-or without its scheme makes one valid List-Unsubscribe URI; a page holds no more than its limit.
+or without its scheme makes one valid List-Unsubscribe URI; a page holds no more than its limit; an unknown
+reason is refused naming its field and the reasons there are.
 """
 
 from __future__ import annotations
 
+import pytest
+
 from engine import suppression
+from engine.errors import Invalid
 from engine.unsubscribe import list_unsubscribe_headers
 
 
@@ -36,3 +40,11 @@ async def test_a_page_stops_at_its_limit(db) -> None:
     assert first.next_cursor == str(first.items[-1].id)
     rest = await suppression.list_suppressions(db, tenant_id, cursor=first.next_cursor, limit=2)
     assert ([s.value for s in rest.items], rest.next_cursor) == (["c@example.com"], None)
+
+
+def test_an_unknown_reason_names_its_field_and_the_known_ones() -> None:
+    with pytest.raises(Invalid) as refused:
+        suppression.parse_reason("dislike")
+    assert refused.value.field == "reason"
+    assert refused.value.message == ("reason: expected one of unsubscribe, hard_bounce, complaint, manual, erased, "
+                                     "got 'dislike'")
