@@ -1,14 +1,15 @@
 """Suppression and unsubscribe headers at their edges: what mutation testing (mutation/run.sh) showed the
 other tests let change. An erased contact stays erased whatever is suppressed later; a mailto given with
 or without its scheme makes one valid List-Unsubscribe URI; a page holds no more than its limit; an unknown
-reason is refused naming its field and the reasons there are.
+reason is refused naming its field and the reasons there are; an unsubscribe token carrying our MAC is still
+refused when it is too long, of another version, truncated, or for no tenant.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from engine import suppression
+from engine import suppression, unsubscribe
 from engine.errors import Invalid
 from engine.unsubscribe import list_unsubscribe_headers
 
@@ -48,3 +49,25 @@ def test_an_unknown_reason_names_its_field_and_the_known_ones() -> None:
     assert refused.value.field == "reason"
     assert refused.value.message == ("reason: expected one of unsubscribe, hard_bounce, complaint, manual, erased, "
                                      "got 'dislike'")
+
+
+def _signed(payload: bytes) -> str:
+    """A token over any payload, with this secret's valid MAC (what only a format change could produce)."""
+    return f"{unsubscribe._b64(payload)}.{unsubscribe._b64(unsubscribe._mac('k', payload))}"
+
+
+def test_a_token_with_our_mac_is_still_refused_when_malformed() -> None:
+    ok = bytes((unsubscribe.VERSION, 1, 5, 0, 0)) + b"a@example.com"
+    assert unsubscribe.read_token("k", _signed(ok)) == unsubscribe.UnsubscribeToken(tenant_id=5, email="a@example.com")
+    too_long = bytes((unsubscribe.VERSION, 1, 5, 0, 0)) + b"a" * 400 + b"@example.com"
+    refused = {
+        "too long": too_long,
+        "another version": bytes((unsubscribe.VERSION + 1, 1, 5, 0, 0)) + b"a@example.com",
+        "truncated varint": bytes((unsubscribe.VERSION, 1, 5, 0x80)),
+        "endless varint": bytes((unsubscribe.VERSION, 1)) + b"\x80" * 11 + b"\x01",
+        "no tenant": bytes((unsubscribe.VERSION, 1, 0, 0, 0)) + b"a@example.com",
+        "no address": bytes((unsubscribe.VERSION, 1, 5, 0, 0)),
+    }
+    for why, payload in refused.items():
+        assert unsubscribe.read_token("k", _signed(payload)) is None, why
+    assert unsubscribe.read_token("k", unsubscribe.make_token("k", tenant_id=0, email="a@example.com")) is None
