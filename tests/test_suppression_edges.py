@@ -67,7 +67,24 @@ def test_a_token_with_our_mac_is_still_refused_when_malformed() -> None:
         "endless varint": bytes((unsubscribe.VERSION, 1)) + b"\x80" * 11 + b"\x01",
         "no tenant": bytes((unsubscribe.VERSION, 1, 0, 0, 0)) + b"a@example.com",
         "no address": bytes((unsubscribe.VERSION, 1, 5, 0, 0)),
+        "unknown language": bytes((unsubscribe.VERSION, len(unsubscribe.LANGUAGE_CODES), 5, 0, 0)) + b"a@example.com",
     }
     for why, payload in refused.items():
         assert unsubscribe.read_token("k", _signed(payload)) is None, why
     assert unsubscribe.read_token("k", unsubscribe.make_token("k", tenant_id=0, email="a@example.com")) is None
+
+
+def test_every_token_reads_back_as_made() -> None:
+    # ids of one to three varint bytes, every language
+    for i in range(300):
+        email, language = f"user{i}@example.com", unsubscribe.LANGUAGE_CODES[i % len(unsubscribe.LANGUAGE_CODES)]
+        token = unsubscribe.make_token("k", tenant_id=i + 1, email=email, contact_id=i * 997, campaign_id=i * 31,
+                                       language=language)
+        assert unsubscribe.read_token("k", token) == unsubscribe.UnsubscribeToken(
+            tenant_id=i + 1, email=email, contact_id=i * 997, campaign_id=i * 31, language=language), token
+    bare = unsubscribe.read_token("k", unsubscribe.make_token("k", tenant_id=1, email="a@example.com"))
+    assert bare is not None and (bare.contact_id, bare.campaign_id) == (0, 0)
+    with pytest.raises(Invalid) as refused:
+        unsubscribe.make_token("k", tenant_id=1, email="not an address")
+    assert refused.value.field == "email" and refused.value.message == \
+        "email: cannot make an unsubscribe token for 'not an address'"
