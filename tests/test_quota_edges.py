@@ -1,7 +1,8 @@
 """Quotas at their edges: what mutation testing (mutation/run.sh) showed the other tests let change.
 
 A single refunded token comes back, to the day, the rate bucket and the provider's count alike; a provider
-count lost with Redis is rebuilt from the send log of that IP, that day and that provider.
+count lost with Redis is rebuilt from the send log of that IP, that day and that provider; the rate bucket
+holds what it holds whether a provider is named or not, and a small hourly cap lets one message go at once.
 """
 
 from __future__ import annotations
@@ -58,3 +59,30 @@ async def test_a_lost_provider_count_is_rebuilt_for_that_ip_day_and_provider(red
     assert asked == [(7, DAY, "gmail")]
     assert grant.granted == 30  # the cap of 50 less the 20 the log counted for gmail
     assert await quotas.used(r, ns, 7, DAY, "gmail") == 50
+
+
+@pytest.mark.parametrize(("rate", "burst", "capacity"), [(1.0, 3.0, 3), (0.5, None, 1), (2.0, None, 2)])
+async def test_the_rate_bucket_holds_its_burst_when_a_provider_is_named(redis_and_ns, rate, burst, capacity):
+    r, ns = redis_and_ns
+    for ip_id, provider in ((1, {}), (2, GMAIL)):
+        grant = await quotas.take(r, ns, ip_id, DAY, 10, daily_quota=100, used_today=nothing_sent, now=0.0,
+                                  rate_per_sec=rate, burst=burst, **provider)
+        assert (grant.granted, grant.reason) == (capacity, "rate"), provider
+
+
+async def test_a_small_hourly_cap_lets_one_message_go_at_once(redis_and_ns):
+    r, ns = redis_and_ns
+    cap = dict(provider="yahoo", provider_cap=ProviderCap(per_hour=6))   # one every ten minutes
+    first = await quotas.take(r, ns, 1, DAY, 5, daily_quota=100, used_today=nothing_sent, now=0.0, **cap)
+    assert (first.granted, first.reason, first.retry_after) == (1, "provider_rate", pytest.approx(600.0))
+    later = await quotas.take(r, ns, 1, DAY, 5, daily_quota=100, used_today=nothing_sent, now=600.0, **cap)
+    assert later.granted == 1
+
+
+async def test_a_rate_below_one_a_second_refills_at_its_own_pace(redis_and_ns):
+    r, ns = redis_and_ns
+    kw = dict(daily_quota=100, used_today=nothing_sent, rate_per_sec=0.5)
+    assert (await quotas.take(r, ns, 1, DAY, 1, now=0.0, **kw)).granted == 1
+    short = await quotas.take(r, ns, 1, DAY, 1, now=1.0, **kw)
+    assert (short.granted, short.reason, short.retry_after) == (0, "rate", pytest.approx(1.0))
+    assert (await quotas.take(r, ns, 1, DAY, 1, now=2.0, **kw)).granted == 1

@@ -35,15 +35,15 @@ DELETE FROM suppressions WHERE tenant_id = $1 AND value = $2
 RETURNING id;
 
 -- name: suppressed-among
--- The dispatcher's filter, one query per batch: each address is two probes of the unique index, one for
--- itself and one for its domain (everything after the last "@"). Addresses come in normalised, as contacts
--- store them.
+-- The dispatcher's filter, one query per batch: each address is looked up in the unique index, once for
+-- itself and once for its domain (everything after the last "@"). Addresses come in normalised, as contacts
+-- store them. Two EXISTS, not one `value = ANY(ARRAY[...])`: without statistics (a list just filled, not yet
+-- analyzed by autovacuum) the ANY form is planned as a nested loop comparing every address with every entry:
+-- 6 s for 10,000 addresses against 1,430 entries, where this form takes 10-20 ms with or without them.
 SELECT e.email
 FROM unnest($2::text[]) AS e(email)
-WHERE EXISTS (
-    SELECT 1 FROM suppressions s
-    WHERE s.tenant_id = $1 AND s.value = ANY(ARRAY[e.email, substring(e.email FROM '[^@]*$')])
-);
+WHERE EXISTS (SELECT 1 FROM suppressions s WHERE s.tenant_id = $1 AND s.value = e.email)
+   OR EXISTS (SELECT 1 FROM suppressions s WHERE s.tenant_id = $1 AND s.value = substring(e.email FROM '[^@]*$'));
 
 -- name: suppression-mark-contacts
 -- Contacts whose address was just suppressed take the matching status, in one statement. $4 are statuses
