@@ -147,9 +147,10 @@ def without_controls(value):
     return value
 
 
-def walk_links(base: str, key: str) -> tuple[Counter, list[str]]:
+def walk_links(base: str, key: str) -> tuple[int, Counter, list[str]]:
     """SCENARIOS chains of calls along the document's links, each answer checked as in `fuzz` and by
-    STATEFUL_CHECKS; returns how each link's target answered (link, status class) and the failures found."""
+    STATEFUL_CHECKS; returns the chains run, how each link's target answered (link, status class) and the
+    failures found."""
     schema = schemathesis.openapi.from_url(f"{base}/schema/openapi.json")
     schema.config.phases.stateful.inference.algorithms = []  # the document's links only, not guessed ones
     # Every call carries the key; valid inputs only, so that chains go deeper (the stateless run sends the
@@ -198,14 +199,16 @@ def walk_links(base: str, key: str) -> tuple[Counter, list[str]]:
         except hypothesis.errors.Flaky:
             if done[0] >= SCENARIOS:
                 break
-    return followed, failures
+    return done[0], followed, failures
 
 
 @pytest.mark.slow
 async def test_links_lead_from_what_is_created_to_what_reads_it(seeded, settings):
     with serve(settings) as base:
-        followed, failures = await asyncio.to_thread(walk_links, base, ADMIN_KEY)
+        chains, followed, failures = await asyncio.to_thread(walk_links, base, ADMIN_KEY)
     answered = sorted(link for (link, status), n in followed.items() if status == "2xx")
-    print(f"\nfollowed {len(followed)} links {sum(followed.values())} times; {len(answered)} answered 2xx")
+    print(f"\n{chains} chains followed {len(followed)} links {sum(followed.values())} times; "
+          f"{len(answered)} answered 2xx")
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:80])
+    assert chains >= SCENARIOS, chains
     assert len(answered) >= 15, followed  # chains do reach what was created
