@@ -75,20 +75,13 @@ class Clones:
             await conn.close()
         return name
 
-    async def _drop(self, name: str) -> None:
-        conn = await asyncpg.connect(self.admin_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
     async def take(self) -> str:
         made = self.ahead or asyncio.create_task(self._create())
         self.ahead = asyncio.create_task(self._create())
         return await made
 
     def give_back(self, name: str) -> None:
-        task = asyncio.create_task(self._drop(name))
+        task = asyncio.create_task(drop_database(self.admin_url, name))
         self.behind.add(task)
         task.add_done_callback(self.behind.discard)
 
@@ -109,8 +102,10 @@ async def migrated_template(admin_url: str, tag: str) -> str:
 
 async def drop_database(admin_url: str, name: str) -> None:
     conn = await asyncpg.connect(admin_url)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="session")
