@@ -360,10 +360,23 @@ def test_generated_keys_are_private_files(tmp_path: Path) -> None:
     assert secrets.load_or_create(tmp_path / "admin_key") == (value, False)
 
 
-async def test_embedded_stores_start_migrate_query_stop(tmp_path: Path) -> None:
+async def test_embedded_stores_start_migrate_query_stop() -> None:
+    import shutil
+    import tempfile
+
     from engine import embedded
 
+    # Not pytest's tmp_path: its root (/tmp/pytest-of-<user>, mode 700) is closed to the unprivileged user
+    # PostgreSQL runs as when the tests run as root.
+    tmp_path = Path(tempfile.mkdtemp(prefix="ee-embedded-"))
     os.chmod(tmp_path, 0o755)
+    try:
+        await _embedded_round_trip(embedded, tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+async def _embedded_round_trip(embedded, tmp_path: Path) -> None:
     stores = await asyncio.to_thread(embedded.start, tmp_path, database_url=None, redis_url=None)
     try:
         await dbm.migrate(stores.database_url)
