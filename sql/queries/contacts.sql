@@ -103,12 +103,17 @@ ON CONFLICT (tenant_id, slug) DO NOTHING;
 -- name: link-contact-tags
 -- A separate statement from ensure-tags so it sees tags another transaction created meanwhile.
 -- Returns the contacts that gained a tag (a re-sent batch gains none). The contacts come as one JSON array
--- of {contact_id, tenant_id, slugs} ($1, text), as in upsert-contacts.
+-- of {contact_id, tenant_id, slugs} ($1, text), as in upsert-contacts. The pairs are materialised before the
+-- join: joined inside the lateral expansion, the tenant's tags were read and hashed again for every contact.
+WITH p AS MATERIALIZED (
+    SELECT p.contact_id, p.tenant_id, s.slug
+    FROM jsonb_to_recordset($1::text::jsonb) AS p(contact_id bigint, tenant_id bigint, slugs jsonb)
+    CROSS JOIN LATERAL jsonb_array_elements_text(p.slugs) AS s(slug)
+)
 INSERT INTO contact_tags (contact_id, tag_id)
 SELECT p.contact_id, t.id
-FROM jsonb_to_recordset($1::text::jsonb) AS p(contact_id bigint, tenant_id bigint, slugs jsonb)
-CROSS JOIN LATERAL jsonb_array_elements_text(p.slugs) AS s(slug)
-JOIN tags t ON t.tenant_id = p.tenant_id AND t.slug = s.slug
+FROM p
+JOIN tags t ON t.tenant_id = p.tenant_id AND t.slug = p.slug
 ON CONFLICT DO NOTHING
 RETURNING contact_id;
 
