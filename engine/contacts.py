@@ -269,6 +269,15 @@ async def write_batch(db: asyncpg.Connection, batch: PreparedBatch, *,
     for record in found:
         outcomes.append(record["outcome"])
         ids.append(record["id"])
+    late = [i for i, contact_id in enumerate(ids) if contact_id is None]
+    if late:
+        # rows the batch before inserted and committed after this statement took its snapshot: ON CONFLICT
+        # found and locked them, left them unchanged, and neither half of the statement saw their id
+        pairs = [(merged[i].tenant_id, bytes.fromhex(merged[i].email_hash)) for i in late]
+        known = {(r["tenant_id"], r["email_hash"]): r["id"] for r in await db.fetch(
+            q("contact-ids-by-hash"), [t for t, _ in pairs], [h for _, h in pairs])}
+        for i, pair in zip(late, pairs, strict=True):
+            ids[i] = known[pair]
     await _tag(db, merged, batch.tags, ids, outcomes, locked or _nothing)
 
     results: list[Outcome | None] = [None] * batch.size

@@ -94,6 +94,13 @@ LEFT JOIN up ON up.tenant_id = i.tenant_id AND up.email_hash = i.email_hash
 LEFT JOIN old o ON o.tenant_id = i.tenant_id AND o.email_hash = i.email_hash
 ORDER BY i.ord;
 
+-- name: contact-ids-by-hash
+-- The ids of contacts by (tenant, address hash); read in a statement of its own, so it sees rows committed
+-- while upsert-contacts ran.
+SELECT c.id, c.tenant_id, c.email_hash
+FROM unnest($1::bigint[], $2::bytea[]) AS k(tenant_id, email_hash)
+JOIN contacts c ON c.tenant_id = k.tenant_id AND c.email_hash = k.email_hash;
+
 -- name: ensure-tags
 -- Tags are created on first use; a concurrent creator of the same slug simply wins.
 INSERT INTO tags (tenant_id, slug)
