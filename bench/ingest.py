@@ -76,6 +76,12 @@ def peak_rss_kb(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (far less sensitive to the machine's load than rows/s)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def wait_ready(base: str, proc: subprocess.Popen) -> None:
     async with httpx.AsyncClient() as c:
         for _ in range(300):
@@ -206,7 +212,9 @@ async def bench_csv(base: str, env: dict, rows: int, workdir: Path, profile: Pat
                     break
             elapsed = time.perf_counter() - start
             assert p["status"] == "done" and p["created"] == rows, p
-            print(f"csv file: {size / 1e6:.0f} MB, {rows:,} rows, imported in {elapsed:.1f} s")
+            cpu = sum(cpu_seconds(w.pid) for w in procs)
+            print(f"csv file: {size / 1e6:.0f} MB, {rows:,} rows, imported in {elapsed:.1f} s; worker CPU "
+                  f"{cpu:.1f} s = {cpu / rows * 1e6:.1f} us/row (import and its validation jobs, startup included)")
             return rows / elapsed, max(rss, *(peak_rss_kb(w.pid) for w in procs))
         finally:
             stop_profile(spy, profile / "csv-worker.txt" if profile else None, "CSV import worker")

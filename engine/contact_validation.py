@@ -9,6 +9,7 @@ import httpx
 import msgspec
 
 from engine import alert_events, metrics, secrets, verifiers
+from engine.db import json_rows
 from engine.validation import DEFAULT_THRESHOLD, MxResolver, Verdict, validate_batch
 from sql import q
 
@@ -26,6 +27,17 @@ SWEEP_LIMIT = 20_000
 
 # The name of the campaigns side's job that pushes outbox rows to MailWizz (it reads `mailwizz_outbox`).
 MAILWIZZ_PUSH_JOB = "push_contacts_to_mailwizz"
+
+
+class Applied(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One verdict as apply-verdicts reads it."""
+
+    id: int
+    status: str
+    score: float
+    reasons: tuple[str, ...] = ()
+    suggestion: str | None = None
+    mx_host: str | None = None
 
 
 class Policy(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,10 +128,10 @@ async def validate_contacts(db: asyncpg.Connection, tenant_id: int, contact_ids:
     if trouble is not None:
         await alert_events.raise_alert(db, tenant_id, "validation_provider_failing", f"verifier:{policy.provider}",
                                        trouble)
-    done = await db.fetch(
-        q("apply-verdicts"), tenant_id, [r["id"] for r in rows], [v.status for v in verdicts],
-        [v.score for v in verdicts], [",".join(v.reasons) for v in verdicts], [v.suggestion for v in verdicts],
-        [v.mx_host for v in verdicts], policy.mailwizz, policy.provider if any(vendor_used) else "engine")
+    applied = [Applied(id=r["id"], status=v.status, score=v.score, reasons=v.reasons, suggestion=v.suggestion,
+                       mx_host=v.mx_host) for r, v in zip(rows, verdicts, strict=True)]
+    done = await db.fetch(q("apply-verdicts"), tenant_id, json_rows(applied), policy.mailwizz,
+                          policy.provider if any(vendor_used) else "engine")
     by_status: dict[str, list[int]] = {"valid": [], "risky": [], "invalid": [], "pending": []}
     tries = 0
     for r in done:

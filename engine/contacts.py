@@ -16,6 +16,7 @@ import asyncpg
 import msgspec
 
 from engine import metrics
+from engine.db import json_rows
 from engine.errors import Conflict, Invalid, NotFound
 from engine.languages import normalise_language
 from engine.validation import check_syntax, normalise_email
@@ -153,13 +154,41 @@ def _blank(value: str | None) -> str | None:
     return value or None
 
 
+class Row(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One row of upsert-contacts' input, by column name (an unset field travels as nothing: NULL)."""
+
+    tenant_id: int
+    email: str
+    email_hash: str  # hex
+    data_source_id: int | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    company: str | None = None
+    website: str | None = None
+    country: str | None = None
+    language: str | None = None
+    category: str | None = None
+    custom: dict[str, Any] | None = None
+
+
+class Tagging(msgspec.Struct, frozen=True):
+    """The tags of one contact, as link-contact-tags reads them."""
+
+    contact_id: int
+    tenant_id: int
+    slugs: set[str]
+
+
+# fields a later duplicate in the same batch overrides when it sets them
+_MERGED = ("data_source_id", "first_name", "last_name", "company", "website", "country", "language", "category")
 class PreparedBatch(msgspec.Struct, kw_only=True):
     """A batch checked and deduplicated in Python, ready for the upsert (no database needed to make one)."""
 
     size: int
     rejected: dict[int, str]
-    merged: list[list]  # one row per distinct (tenant, address), in upsert-contacts' column order + tag set
-    members: dict[tuple[int, bytes], list[int]]  # positions in the batch of each merged row
+    merged: list[Row]  # one row per distinct (tenant, address)
+    tags: list[set[str]]  # the tag slugs of each merged row
+    members: list[list[int]]  # positions in the batch of each merged row
 
 
 async def ingest(db: asyncpg.Connection, contacts: list[ContactIn], *, tenant_id: int | None) -> IngestReport:
@@ -181,8 +210,10 @@ def prepare_batch(contacts: list[ContactIn], *, known: set[int], owners: dict[in
     Pure Python, so a caller streaming a file can prepare the next batch while the database writes this one.
     """
     rejected: dict[int, str] = {}
-    rows: dict[tuple[int, bytes], list] = {}  # (tenant, hash) -> merged row; duplicates merge into one
-    members: dict[tuple[int, bytes], list[int]] = {}
+    rows: dict[tuple[int, str], int] = {}  # (tenant, address) -> position in merged; duplicates merge into one
+    merged: list[Row] = []
+    tags: list[set[str]] = []
+    members: list[list[int]] = []
     for index, c in enumerate(contacts):
         if c.tenant_id not in known:
             rejected[index] = "tenant_id: not a tenant this key may write to"
@@ -199,21 +230,28 @@ def prepare_batch(contacts: list[ContactIn], *, known: set[int], owners: dict[in
         if None in slugs:
             rejected[index] = f"tags[{slugs.index(None)}]: a tag needs at least one ASCII letter or digit"
             continue
-        key = (c.tenant_id, email_hash(email))
-        new = [c.tenant_id, c.data_source_id, email, key[1], _blank(c.first_name), _blank(c.last_name),
-               _blank(c.company), _blank(c.website), _blank(c.country), normalise_language(c.language),
-               _blank(c.category), c.custom or None, set(slugs)]
-        row = rows.get(key)
-        if row is None:
-            rows[key] = new
-            members[key] = [index]
+        new = Row(tenant_id=c.tenant_id, data_source_id=c.data_source_id, email=email,
+                  email_hash=email_hash(email).hex(), first_name=_blank(c.first_name),
+                  last_name=_blank(c.last_name), company=_blank(c.company), website=_blank(c.website),
+                  country=_blank(c.country), language=normalise_language(c.language),
+                  category=_blank(c.category), custom=c.custom or None)
+        key = (c.tenant_id, email)
+        at = rows.get(key)
+        if at is None:
+            rows[key] = len(merged)
+            merged.append(new)
+            tags.append(set(slugs))
+            members.append([index])
         else:  # the same address twice in one batch: later non-null fields win, tags add up
-            for i in (1, 4, 5, 6, 7, 8, 9, 10):
-                row[i] = new[i] if new[i] is not None else row[i]
-            row[11] = {**(row[11] or {}), **(new[11] or {})} or None
-            row[12] |= new[12]
-            members[key].append(index)
-    return PreparedBatch(size=len(contacts), rejected=rejected, merged=list(rows.values()), members=members)
+            row = merged[at]
+            for name in _MERGED:
+                value = getattr(new, name)
+                if value is not None:
+                    setattr(row, name, value)
+            row.custom = {**(row.custom or {}), **(new.custom or {})} or None
+            tags[at].update(slugs)
+            members[at].append(index)
+    return PreparedBatch(size=len(contacts), rejected=rejected, merged=merged, tags=tags, members=members)
 
 
 async def write_batch(db: asyncpg.Connection, batch: PreparedBatch, *,
@@ -224,36 +262,44 @@ async def write_batch(db: asyncpg.Connection, batch: PreparedBatch, *,
     tags): a batch started after that waits for this one's commit where they overlap, never the other way.
     """
     merged, members = batch.merged, batch.members
-    columns = list(zip(*merged, strict=True)) if merged else [()] * 13
-    customs = [None if c is None else msgspec.json.encode(c).decode() for c in columns[11]]
-    found = await db.fetch(q("upsert-contacts"), *columns[:11], customs) if merged else []
+    found = await db.fetch(q("upsert-contacts"), json_rows(merged)) if merged else []
 
     outcomes: list[str] = []
     ids: list[int] = []
     for record in found:
         outcomes.append(record["outcome"])
         ids.append(record["id"])
-    await _tag(db, merged, ids, outcomes, locked or _nothing)
+    late = [i for i, contact_id in enumerate(ids) if contact_id is None]
+    if late:
+        # rows the batch before inserted and committed after this statement took its snapshot: ON CONFLICT
+        # found and locked them, left them unchanged, and neither half of the statement saw their id
+        pairs = [(merged[i].tenant_id, bytes.fromhex(merged[i].email_hash)) for i in late]
+        known = {(r["tenant_id"], r["email_hash"]): r["id"] for r in await db.fetch(
+            q("contact-ids-by-hash"), [t for t, _ in pairs], [h for _, h in pairs])}
+        for i, pair in zip(late, pairs, strict=True):
+            ids[i] = known[pair]
+    await _tag(db, merged, batch.tags, ids, outcomes, locked or _nothing)
 
     results: list[Outcome | None] = [None] * batch.size
     for index, reason in batch.rejected.items():
         results[index] = Outcome(index=index, outcome="rejected", reason=reason)
     to_validate: dict[int, list[int]] = {}
-    for row, contact_id, outcome in zip(merged, ids, outcomes, strict=True):
+    for row, contact_id, outcome, positions in zip(merged, ids, outcomes, members, strict=True):
         if outcome == "erased":
             result = dict(outcome="rejected", id=None, reason="erased: this address was erased and is not taken again")
         else:
             result = dict(outcome=outcome, id=contact_id)
             if outcome == "created":
-                to_validate.setdefault(row[0], []).append(contact_id)
-        first, *repeats = members[(row[0], row[3])]
+                to_validate.setdefault(row.tenant_id, []).append(contact_id)
+        first, *repeats = positions
         results[first] = Outcome(index=first, **result)
         for index in repeats:  # the same address again in this batch: merged into the first, counted once
             results[index] = Outcome(index=index, outcome="unchanged" if result["id"] else "rejected",
                                      id=result["id"], reason=result.get("reason"))
     counted: Counter[tuple[str, str, str]] = Counter()
-    for row, outcome in zip(merged, outcomes, strict=True):
-        counted[(str(row[0]), "" if row[1] is None else str(row[1]), outcome)] += len(members[(row[0], row[3])])
+    for row, outcome, positions in zip(merged, outcomes, members, strict=True):
+        counted[(str(row.tenant_id), "" if row.data_source_id is None else str(row.data_source_id), outcome)] \
+            += len(positions)
     for labels, n in counted.items():
         metrics.CONTACTS_INGESTED.labels(*labels).inc(n)
     counts = {"created": 0, "updated": 0, "unchanged": 0, "rejected": 0}
@@ -266,28 +312,28 @@ def _nothing() -> None:
     return None
 
 
-async def _tag(db: asyncpg.Connection, merged: list[list], ids: list[int], outcomes: list[str],
-               locked: Callable[[], None]) -> None:
+async def _tag(db: asyncpg.Connection, merged: list[Row], tags: list[set[str]], ids: list[int],
+               outcomes: list[str], locked: Callable[[], None]) -> None:
     """Create missing tags and link them; an unchanged contact that gains a tag becomes updated."""
-    contact_ids, tenants, slugs = [], [], []
-    for row, contact_id, outcome in zip(merged, ids, outcomes, strict=True):
-        if outcome == "erased":
+    taggings: list[Tagging] = []
+    wanted: dict[int, set[str]] = {}  # tenant -> slugs
+    for row, slugs, contact_id, outcome in zip(merged, tags, ids, outcomes, strict=True):
+        if outcome == "erased" or not slugs:
             continue
-        for slug in row[12]:
-            contact_ids.append(contact_id)
-            tenants.append(row[0])
-            slugs.append(slug)
-    if not slugs:
+        taggings.append(Tagging(contact_id, row.tenant_id, slugs))
+        wanted.setdefault(row.tenant_id, set()).update(slugs)
+    if not taggings:
         locked()
         return
-    await db.execute(q("ensure-tags"), tenants, slugs)
+    pairs = [(tenant, slug) for tenant, slugs in wanted.items() for slug in sorted(slugs)]
+    await db.execute(q("ensure-tags"), [t for t, _ in pairs], [s for _, s in pairs])
     locked()
-    gained = {r["contact_id"] for r in await db.fetch(q("link-contact-tags"), contact_ids, tenants, slugs)}
+    gained = {r["contact_id"] for r in await db.fetch(q("link-contact-tags"), json_rows(taggings))}
     newly: dict[int, list[int]] = {}
     for i, (row, contact_id) in enumerate(zip(merged, ids, strict=True)):
         if outcomes[i] == "unchanged" and contact_id in gained:
             outcomes[i] = "updated"
-            newly.setdefault(row[0], []).append(contact_id)
+            newly.setdefault(row.tenant_id, []).append(contact_id)
     for tenant, changed in newly.items():
         await db.execute(q("record-contact-events"), tenant, changed, ["updated"] * len(changed),
                          ['{"fields": ["tags"]}'] * len(changed))
@@ -370,7 +416,7 @@ async def patch_contact(db: asyncpg.Connection, tenant_id: int, contact_id: int,
         if "" in slugs:
             raise Invalid("add_tags: a tag needs at least one ASCII letter or digit", field="add_tags")
         await db.execute(q("ensure-tags"), [tenant_id] * len(slugs), slugs)
-        added = await db.fetch(q("link-contact-tags"), [contact_id] * len(slugs), [tenant_id] * len(slugs), slugs)
+        added = await db.fetch(q("link-contact-tags"), json_rows([Tagging(contact_id, tenant_id, set(slugs))]))
         if added:
             changed.append("tags")
     if remove_tags:

@@ -114,23 +114,33 @@ def _tags(cell: str) -> tuple[str, ...]:
     return tuple(t for t in (s.strip() for s in cell.replace(";", ",").replace("|", ",").split(",")) if t)
 
 
-def _contact(tenant_id: int, fields: list[str], columns: dict[str, int], defaults: dict[str, Any]) -> ContactIn:
-    values: dict[str, Any] = {}
-    custom: dict[str, str] = {}
-    for field, i in columns.items():
-        value = fields[i].strip()
-        if not value:
-            continue
-        if field.startswith("custom."):
-            custom[field[7:]] = value
-        else:
-            values[field] = value
-    return ContactIn(tenant_id=tenant_id, email=values.pop("email", ""),
-                     tags=[*defaults.get("tags", ()), *_tags(values.pop("tags", ""))],
-                     data_source_id=defaults.get("data_source_id"),
-                     language=values.pop("language", None) or defaults.get("language"),
-                     category=values.pop("category", None) or defaults.get("category"),
-                     custom=custom or None, **values)
+class _Columns:
+    """Where each contact field sits in a record, sorted once per file so a row costs one pass over its cells."""
+
+    def __init__(self, columns: dict[str, int], defaults: dict[str, Any]) -> None:
+        self.email = columns.get("email")
+        self.tags = columns.get("tags")
+        self.language, self.category = columns.get("language"), columns.get("category")
+        self.plain = [(f, i) for f, i in columns.items()
+                      if not f.startswith("custom.") and f not in ("email", "tags", "language", "category")]
+        self.custom = [(f[7:], i) for f, i in columns.items() if f.startswith("custom.")]
+        self.default_tags = tuple(defaults.get("tags", ()))
+        self.data_source_id = defaults.get("data_source_id")
+        self.default_language, self.default_category = defaults.get("language"), defaults.get("category")
+
+    def contact(self, tenant_id: int, fields: list[str]) -> ContactIn:
+        values = {f: v for f, i in self.plain if (v := fields[i].strip())}
+        custom = {name: v for name, i in self.custom if (v := fields[i].strip())}
+        tags = self.default_tags if self.tags is None else (*self.default_tags, *_tags(fields[self.tags].strip()))
+        return ContactIn(tenant_id=tenant_id, email="" if self.email is None else fields[self.email].strip(),
+                         tags=list(tags), data_source_id=self.data_source_id,
+                         language=_cell(fields, self.language) or self.default_language,
+                         category=_cell(fields, self.category) or self.default_category,
+                         custom=custom or None, **values)
+
+
+def _cell(fields: list[str], index: int | None) -> str | None:
+    return None if index is None else fields[index].strip() or None
 
 
 async def run_import(pool: asyncpg.Pool, import_id: int, *,
@@ -175,7 +185,7 @@ class _Reader:
 
     def __init__(self, records: Iterator, tenant_id: int, columns: dict[str, int], width: int,
                  defaults: dict, delimiter: str) -> None:
-        self.records, self.tenant_id, self.columns, self.width = records, tenant_id, columns, width
+        self.records, self.tenant_id, self.columns, self.width = records, tenant_id, _Columns(columns, defaults), width
         self.defaults, self.delimiter = defaults, delimiter
         source = defaults.get("data_source_id")
         # the import's data source was checked against its tenant when the import was created
@@ -199,7 +209,7 @@ class _Reader:
                 rejects.append((line, f"expected {self.width} fields, found {len(fields)}",
                                 _raw(fields, self.delimiter)))
             else:
-                good.append(_contact(self.tenant_id, fields, self.columns, self.defaults))
+                good.append(self.columns.contact(self.tenant_id, fields))
                 lines.append(line)
                 raws.append(fields)
             if records >= BATCH:

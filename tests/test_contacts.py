@@ -200,3 +200,23 @@ async def test_tenant_isolation_is_404(client, admin, seeded, sos) -> None:
     assert (await client.get(f"/api/v2/contacts/2/{cid}", headers=ulixai)).status_code == 404
     r = await client.patch(f"/api/v2/contacts/1/{cid}", json={"company": "x"}, headers=ulixai)
     assert r.status_code == 404
+
+
+async def test_text_travels_to_the_table_exactly(client, sos, db) -> None:
+    """The upsert's rows travel as JSON: quotes, backslashes, unicode, the control characters text may hold and long fields
+    come out of the table as they went in, custom fields included, on insert and on merge."""
+    odd = ['He said "hi"', "back\\slash \\u0041 \\n", "naïve 東京 🙂 \u200b\u202e", "tab\tcr\rnl\n end",
+           "'; DROP TABLE contacts; --", "{\"json\": [1, 2]}", "x" * 1000]
+    contacts = [person(f"odd{i}@example.fr", first_name=v, company=v[::-1], custom={"note": v, "n": [v, None, 1.5]},
+                       tags=[f"t{i}"])
+                for i, v in enumerate(odd)]
+    body = await ingest(client, sos, contacts)
+    assert body["created"] == len(odd)
+    for i, v in enumerate(odd):
+        row = await db.fetchrow("SELECT first_name, company, custom FROM contacts WHERE email = $1", f"odd{i}@example.fr")
+        assert (row["first_name"], row["company"]) == (v.strip(), v[::-1].strip())
+        assert row["custom"] == {"note": v, "n": [v, None, 1.5]}
+    merged = await ingest(client, sos, [person("odd0@example.fr", last_name=odd[2], custom={"more": odd[1]})])
+    assert merged["updated"] == 1
+    row = await db.fetchrow("SELECT last_name, custom FROM contacts WHERE email = 'odd0@example.fr'")
+    assert row["last_name"] == odd[2] and row["custom"] == {"note": odd[0], "n": [odd[0], None, 1.5], "more": odd[1]}

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from engine.db import json_rows
 from sql import q
 
 Db = asyncpg.Connection | asyncpg.Pool
@@ -83,14 +84,6 @@ class Stamp(msgspec.Struct, frozen=True):
     vmta: str
 
 
-def _json(rows: Sequence[msgspec.Struct]) -> str:
-    """Rows as the JSON array a query reads with jsonb_to_recordset (one field per column, by name)."""
-    return _ENCODER.encode(rows).decode()
-
-
-_ENCODER = msgspec.json.Encoder()
-
-
 async def claim(db: Db, campaign_id: int, worker_id: str, n: int, *, now: dt.datetime | None = None) -> list[Claimed]:
     """Up to `n` rows that are due at `now` (default: the database's clock)."""
     return [Claimed(**r) for r in await db.fetch(q("claim-sends"), campaign_id, worker_id, n, now)]
@@ -100,7 +93,7 @@ async def stamp(db: asyncpg.Connection, stamps: Sequence[Stamp], worker_id: str)
     """Write each row's quota grant (inside the grant transaction); return the rows still held and stamped."""
     if not stamps:
         return set()
-    rows = await db.fetch(q("stamp-sends"), _json(stamps), worker_id)
+    rows = await db.fetch(q("stamp-sends"), json_rows(stamps), worker_id)
     return {r["id"] for r in rows}
 
 
@@ -112,7 +105,7 @@ async def advance(db: Db, campaign_id: int, worker_id: str, outcomes: Sequence[O
     """
     if not outcomes and not sending:
         return set()
-    row = await db.fetchrow(q("record-and-mark"), _json(outcomes), _json(sending), worker_id)
+    row = await db.fetchrow(q("record-and-mark"), json_rows(outcomes), json_rows(sending), worker_id)
     stale = len(outcomes) - row["recorded"]
     if stale:
         await count_stale(db, campaign_id, stale)

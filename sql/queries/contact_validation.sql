@@ -26,16 +26,16 @@ ORDER BY c.id;
 -- name: apply-verdicts
 -- Every verdict of a batch in one statement, with its event and, for MailWizz tenants, the outbox row of
 -- each contact that became valid. A `pending` verdict (DNS outage) keeps the status and counts the try.
--- Reasons travel comma-joined because unnest cannot take a ragged array of arrays.
+-- The verdicts come as one JSON array of objects ($2, text), as the contacts do in upsert-contacts.
 WITH v AS (
-    SELECT * FROM unnest($2::bigint[], $3::text[], $4::real[], $5::text[], $6::text[], $7::text[])
-        AS v(id, status, score, reasons, suggestion, mx_host)
+    SELECT * FROM jsonb_to_recordset($2::text::jsonb)
+        AS v(id bigint, status text, score real, reasons text[], suggestion text, mx_host text)
 ),
 done AS (
     UPDATE contacts c SET
         status = v.status::contact_status,
         score = CASE WHEN v.status = 'pending' THEN c.score ELSE v.score END,
-        reasons = coalesce(string_to_array(nullif(v.reasons, ''), ','), '{}'),
+        reasons = coalesce(v.reasons, '{}'),
         suggestion = v.suggestion,
         mx_host = coalesce(v.mx_host, c.mx_host),
         validated_at = CASE WHEN v.status = 'pending' THEN c.validated_at ELSE now() END,
@@ -48,12 +48,13 @@ done AS (
 events AS (
     INSERT INTO contact_events (contact_id, tenant_id, kind, detail)
     SELECT d.id, $1, CASE WHEN d.status = 'pending' THEN 'validation_deferred' ELSE 'validated' END,
-           jsonb_build_object('status', d.status, 'score', v.score, 'reasons', v.reasons, 'by', $9::text)
+           jsonb_build_object('status', d.status, 'score', v.score, 'reasons', array_to_string(v.reasons, ','),
+                              'by', $4::text)
     FROM done d JOIN v ON v.id = d.id
 ),
 outbox AS (
     INSERT INTO mailwizz_outbox (contact_id, tenant_id)
-    SELECT d.id, $1 FROM done d WHERE d.status = 'valid' AND $8::boolean
+    SELECT d.id, $1 FROM done d WHERE d.status = 'valid' AND $3::boolean
     ON CONFLICT (contact_id) DO NOTHING
 )
 SELECT id, status, validation_tries FROM done ORDER BY id;

@@ -15,10 +15,15 @@ SELECT id, tenant_id FROM data_sources WHERE id = ANY($1::bigint[]);
 -- join): as a join it was planned as a hash over a sequential scan of every contact, which made each batch
 -- slower than the last (0.2 s of a 0.35 s batch at 200,000 contacts).
 -- The batch is deduplicated by the caller: ON CONFLICT may not touch one row twice in a statement.
+-- The rows come as one JSON array of objects ($1, text: whatever jsonb codec the connection has; a field left
+-- out is NULL, the hash is hex), which costs the worker a fraction of encoding one array per column.
 WITH input AS (
-    SELECT *
-    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], $5::text[], $6::text[], $7::text[],
-                $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
+    SELECT i.tenant_id, i.data_source_id, i.email, decode(i.email_hash, 'hex') AS email_hash, i.first_name,
+           i.last_name, i.company, i.website, i.country, i.language, i.category, i.custom, i.ord
+    FROM ROWS FROM (jsonb_to_recordset($1::text::jsonb)
+                    AS (tenant_id bigint, data_source_id bigint, email text, email_hash text, first_name text,
+                        last_name text, company text, website text, country text, language text, category text,
+                        custom jsonb))
          WITH ORDINALITY AS i(tenant_id, data_source_id, email, email_hash, first_name, last_name, company,
                               website, country, language, category, custom, ord)
 ),
@@ -36,7 +41,7 @@ up AS (
     INSERT INTO contacts AS c (tenant_id, data_source_id, email, email_hash, first_name, last_name, company,
                                website, country, language, category, custom)
     SELECT tenant_id, data_source_id, email, email_hash, first_name, last_name, company, website, country,
-           language, category, coalesce(custom::jsonb, '{}'::jsonb)
+           language, category, coalesce(custom, '{}'::jsonb)
     FROM input
     ON CONFLICT (tenant_id, email_hash) DO UPDATE SET
         data_source_id = coalesce(c.data_source_id, excluded.data_source_id),
@@ -73,7 +78,7 @@ events AS (
                CASE WHEN i.country IS DISTINCT FROM o.country AND i.country IS NOT NULL THEN 'country' END,
                CASE WHEN i.language IS DISTINCT FROM o.language AND i.language IS NOT NULL THEN 'language' END,
                CASE WHEN i.category IS DISTINCT FROM o.category AND i.category IS NOT NULL THEN 'category' END,
-               CASE WHEN i.custom IS NOT NULL AND o.custom || i.custom::jsonb <> o.custom THEN 'custom' END
+               CASE WHEN i.custom IS NOT NULL AND o.custom || i.custom <> o.custom THEN 'custom' END
            ], NULL))) END
     FROM up
     JOIN input i ON i.tenant_id = up.tenant_id AND i.email_hash = up.email_hash
@@ -89,6 +94,13 @@ LEFT JOIN up ON up.tenant_id = i.tenant_id AND up.email_hash = i.email_hash
 LEFT JOIN old o ON o.tenant_id = i.tenant_id AND o.email_hash = i.email_hash
 ORDER BY i.ord;
 
+-- name: contact-ids-by-hash
+-- The ids of contacts by (tenant, address hash); read in a statement of its own, so it sees rows committed
+-- while upsert-contacts ran.
+SELECT c.id, c.tenant_id, c.email_hash
+FROM unnest($1::bigint[], $2::bytea[]) AS k(tenant_id, email_hash)
+JOIN contacts c ON c.tenant_id = k.tenant_id AND c.email_hash = k.email_hash;
+
 -- name: ensure-tags
 -- Tags are created on first use; a concurrent creator of the same slug simply wins.
 INSERT INTO tags (tenant_id, slug)
@@ -97,10 +109,17 @@ ON CONFLICT (tenant_id, slug) DO NOTHING;
 
 -- name: link-contact-tags
 -- A separate statement from ensure-tags so it sees tags another transaction created meanwhile.
--- Returns the contacts that gained a tag (a re-sent batch gains none).
+-- Returns the contacts that gained a tag (a re-sent batch gains none). The contacts come as one JSON array
+-- of {contact_id, tenant_id, slugs} ($1, text), as in upsert-contacts. The pairs are materialised before the
+-- join: joined inside the lateral expansion, the tenant's tags were read and hashed again for every contact.
+WITH p AS MATERIALIZED (
+    SELECT p.contact_id, p.tenant_id, s.slug
+    FROM jsonb_to_recordset($1::text::jsonb) AS p(contact_id bigint, tenant_id bigint, slugs jsonb)
+    CROSS JOIN LATERAL jsonb_array_elements_text(p.slugs) AS s(slug)
+)
 INSERT INTO contact_tags (contact_id, tag_id)
 SELECT p.contact_id, t.id
-FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS p(contact_id, tenant_id, slug)
+FROM p
 JOIN tags t ON t.tenant_id = p.tenant_id AND t.slug = p.slug
 ON CONFLICT DO NOTHING
 RETURNING contact_id;
