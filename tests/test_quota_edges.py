@@ -2,7 +2,8 @@
 
 A single refunded token comes back, to the day, the rate bucket and the provider's count alike; a provider
 count lost with Redis is rebuilt from the send log of that IP, that day and that provider; the rate bucket
-holds what it holds whether a provider is named or not, and a small hourly cap lets one message go at once.
+holds what it holds whether a provider is named or not, a small hourly cap lets one message go at once, and
+without a time given the bucket runs on Redis's clock.
 """
 
 from __future__ import annotations
@@ -86,3 +87,14 @@ async def test_a_rate_below_one_a_second_refills_at_its_own_pace(redis_and_ns):
     short = await quotas.take(r, ns, 1, DAY, 1, now=1.0, **kw)
     assert (short.granted, short.reason, short.retry_after) == (0, "rate", pytest.approx(1.0))
     assert (await quotas.take(r, ns, 1, DAY, 1, now=2.0, **kw)).granted == 1
+
+
+async def test_the_rate_bucket_runs_on_the_redis_clock_when_no_time_is_given(redis_and_ns):
+    r, ns = redis_and_ns
+    kw = dict(daily_quota=100, used_today=nothing_sent, rate_per_min=1, burst=3)   # one token a minute
+    first = await quotas.take(r, ns, 1, DAY, 10, **kw)
+    assert (first.granted, first.reason, first.retry_after) == (3, "rate", pytest.approx(60.0, abs=1.0))
+    short = await quotas.take(r, ns, 1, DAY, 1, **kw)
+    assert (short.granted, short.reason) == (0, "rate")
+    assert 0 < short.retry_after <= 60.0
+    assert await quotas.used(r, ns, 1, DAY) == 3
