@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -186,6 +187,10 @@ async def _run(rt: Runtime, *, api: bool, worker: bool, standin: bool, children:
 
         server = _Server(create_app(settings, admin_key=rt.admin_key, secret_key=rt.secret_key), settings)
     arq_worker = create_worker(settings, secret_key=rt.secret_key, handle_signals=False) if worker else None
+    # What is imported and built by now lives as long as the process: frozen, the full collections that a
+    # sending loop's allocations trigger no longer walk it.
+    gc.collect()
+    gc.freeze()
     try:
         if supervisor:
             await supervisor.start()

@@ -49,8 +49,20 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     return conn
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20, **kwargs: Any) -> asyncpg.Pool:
-    """The pool every request and job borrows from."""
+async def _leave_as_is(conn: asyncpg.Connection) -> None:
+    """A release that sends nothing: asyncpg has already rolled back any transaction left open."""
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20, stateless: bool = False,
+                      **kwargs: Any) -> asyncpg.Pool:
+    """The pool every request and job borrows from.
+
+    `stateless`: for code that leaves no session state on a connection (no session advisory lock, SET, LISTEN
+    or cursor outside a transaction). A connection goes back without asyncpg's reset query (advisory unlock,
+    CLOSE ALL, UNLISTEN, RESET ALL), which is one round trip more per use of the pool.
+    """
+    if stateless:
+        kwargs["reset"] = _leave_as_is
     return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kwargs)
 
 

@@ -455,6 +455,7 @@ class TemplateBook:
         # The sender identity (engine/identities.py) every message of this book shows, as template variables.
         self.sender: dict[str, str] = dict(sender or {})
         self.by_id = {t.id: t for t in templates}
+        self._compiled: dict[int, CompiledTemplate] = {}
         # Rows come in id order, so a later template on the same (language, category) replaces an earlier one:
         # the newest wins, a one-off template (no step role) over a sequence's opening, and follow-ups are
         # never chosen by the chain, as in `templates-select`.
@@ -492,7 +493,14 @@ class TemplateBook:
 
     def compiled(self, template: Template) -> CompiledTemplate:
         """Compiled once per process per version (cache key: id, version, content fingerprint)."""
-        return compiled_version(template, self.cache)
+        # The book's own templates are fixed for its life: the process cache is asked once per book, not once
+        # per message (its key hashes the template's text). A spun copy is not the book's and goes to the cache.
+        if self.by_id.get(template.id) is not template:
+            return compiled_version(template, self.cache)
+        found = self._compiled.get(template.id)
+        if found is None:
+            found = self._compiled[template.id] = compiled_version(template, self.cache)
+        return found
 
 
 async def load_template_book(db: asyncpg.Connection | asyncpg.Pool, tenant_id: int,

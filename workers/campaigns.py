@@ -16,6 +16,7 @@ import os
 import socket
 from typing import Any
 
+from engine import db as dbm
 from engine import logs
 from engine.sending import dispatch, sends
 from engine.sending.rotation import Rotator
@@ -56,7 +57,10 @@ async def on_startup(ctx: dict) -> None:
     ns = settings.redis_namespace
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
     redis = ctx["redis_client"]
-    pool = ctx["pool"]
+    # The sending loop's own pool: it holds no session state (its advisory locks are per transaction), so its
+    # connections go back without a reset round trip; the shared pool keeps the reset for the jobs that hold
+    # session locks (MailWizz sync, accounting).
+    pool = await dbm.create_pool(settings.database_url, min_size=1, max_size=8, stateless=True)
     stop = asyncio.Event()
     transport = ctx.get("transport") or make_transport(settings)
     # A worker unheard for `worker_timeout` is dead: its claims are recovered. It beats five times as often.
@@ -73,7 +77,7 @@ async def on_startup(ctx: dict) -> None:
     await sends.heartbeat(pool, worker_id)
     loops: dict[int, asyncio.Task] = {}
     every = ttl / 5
-    ctx["campaigns"] = {"stop": stop, "run": run, "loops": loops, "transport": transport,
+    ctx["campaigns"] = {"stop": stop, "run": run, "loops": loops, "transport": transport, "pool": pool,
                         "tasks": [asyncio.create_task(_heartbeat(run, stop, every), name="heartbeat"),
                                   asyncio.create_task(_supervise(run, stop, loops), name="campaign-supervisor")]}
     log.info("campaign sender %s ready (PowerMTA %s:%s)", worker_id, settings.pmta_host, settings.pmta_port)
@@ -92,6 +96,7 @@ async def on_shutdown(ctx: dict) -> None:
         await run.rotator.close(run.redis)
         await sends.worker_gone(run.pool, run.worker_id)
     await state["transport"].close()
+    await state["pool"].close()
 
 
 async def _heartbeat(run: dispatch.Context, stop: asyncio.Event, every: float) -> None:
