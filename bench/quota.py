@@ -22,8 +22,8 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import quotas  # noqa: E402
 from engine.providers import ProviderCap  # noqa: E402
+from engine.sending import quotas  # noqa: E402
 from engine.sending.rotation import Candidate, Rotator  # noqa: E402
 
 DAY = "2024-03-01"
