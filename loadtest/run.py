@@ -6,6 +6,7 @@ accepted is in the database afterwards (none lost to the kill). Uses its own sta
 embedded PostgreSQL and Redis (or EMAIL_ENGINE_DATABASE_URL / EMAIL_ENGINE_REDIS_URL when set, which must
 then point at stores of its own: the seed is loaded there).
 
+    .venv/bin/pip install -e '.[reliability]'   # locust
     .venv/bin/python loadtest/run.py [--users 50] [--seconds 60] [--workers 2]
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import os
 import signal
 import socket
@@ -105,6 +107,8 @@ def locust(base: str, key: str, tag: str, users: int, seconds: int, out: Path, k
         time.sleep(seconds / 3)
         event = kill()
     run.wait(timeout=seconds + DEADLINE)
+    if not Path(f"{out}_stats.csv").exists():
+        raise SystemExit(f"locust wrote no figures (exit {run.returncode}): see {out.with_suffix('.log')}")
     rows = {}
     with open(f"{out}_stats.csv", newline="") as f:
         for row in csv.DictReader(f):
@@ -130,6 +134,8 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--workers", type=int, default=2)
+    if importlib.util.find_spec("locust") is None:
+        raise SystemExit("locust is not installed: .venv/bin/pip install -e '.[reliability]'")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ee-loadtest-") as d:
         home = Path(d)
