@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import os
 import stat
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -62,13 +64,21 @@ def test_cli_help_explains_each_command() -> None:
 
 # --- migrations and named queries -----------------------------------------------------------------------
 
-async def test_concurrent_migrate_applies_each_migration_once(server_urls: tuple[str, str]) -> None:
-    admin_url = server_urls[0]
-    name = "ee_test_migrate_" + os.urandom(4).hex()
+@contextlib.asynccontextmanager
+async def empty_database(admin_url: str, prefix: str) -> AsyncIterator[str]:
+    """The URL of a database of its own with nothing in it, dropped afterwards."""
+    name = prefix + os.urandom(4).hex()
     conn = await asyncpg.connect(admin_url)
     await conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        url = with_database(admin_url, name)
+        yield with_database(admin_url, name)
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+async def test_concurrent_migrate_applies_each_migration_once(server_urls: tuple[str, str]) -> None:
+    async with empty_database(server_urls[0], "ee_test_migrate_") as url:
         env = {**os.environ, "EMAIL_ENGINE_DATABASE_URL": url, "EMAIL_ENGINE_REDIS_URL": "redis://127.0.0.1:1"}
         procs = [await asyncio.create_subprocess_exec(sys.executable, "-m", "api.cli", "migrate", env=env, cwd=ROOT,
                                                       stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -81,18 +91,10 @@ async def test_concurrent_migrate_applies_each_migration_once(server_urls: tuple
         assert versions == [m.version for m in sql.migrations()]
         outputs = sorted(out.decode() for out, _ in results)
         assert outputs[0].startswith("applied 0 migration"), outputs  # the second one found the work done
-    finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
 
 
 async def test_a_worker_waits_for_the_schema_before_its_jobs(server_urls: tuple[str, str], caplog) -> None:
-    admin_url = server_urls[0]
-    name = "ee_test_unmigrated_" + os.urandom(4).hex()
-    conn = await asyncpg.connect(admin_url)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = with_database(admin_url, name)
+    async with empty_database(server_urls[0], "ee_test_unmigrated_") as url:
         everything = [f"{m.version:04d}_{m.name}" for m in sql.migrations()]
         assert await dbm.pending_migrations(url) == everything
         waiting = asyncio.create_task(dbm.wait_for_schema(url, poll=0.05))
@@ -102,9 +104,6 @@ async def test_a_worker_waits_for_the_schema_before_its_jobs(server_urls: tuple[
         await dbm.migrate(url)
         await asyncio.wait_for(waiting, 10)
         assert await dbm.pending_migrations(url) == []
-    finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
 
 
 def struct_module(noun: str) -> str:
