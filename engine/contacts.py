@@ -181,6 +181,8 @@ class Tagging(msgspec.Struct, frozen=True):
 
 # fields a later duplicate in the same batch overrides when it sets them
 _MERGED = ("data_source_id", "first_name", "last_name", "company", "website", "country", "language", "category")
+
+
 class PreparedBatch(msgspec.Struct, kw_only=True):
     """A batch checked and deduplicated in Python, ready for the upsert (no database needed to make one)."""
 
